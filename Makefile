@@ -1,0 +1,33 @@
+# Quick start (fresh Debian/Ubuntu):  make demo   |   make test
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc bubblewrap rsync git vim
+STAMP := $(VENV)/.setup-stamp
+
+.PHONY: setup test demo serve bench clean
+
+setup: $(STAMP)
+	@bash scripts/setup-system.sh $(APT_PACKAGES)
+
+$(STAMP): pyproject.toml
+	@bash scripts/setup-system.sh $(APT_PACKAGES)
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip >/dev/null
+	@$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+test: setup
+	@bash scripts/run-tests.sh
+
+demo: setup
+	@$(PY) -m arkerfs demo
+
+serve: setup
+	@$(PY) -m arkerfs serve
+
+bench: setup
+	@$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+from arkerfs.cli import main
+
+raise SystemExit(main())
