@@ -1,0 +1,54 @@
+"""The one error vocabulary of the filesystem layers and the one table that maps to errno.
+
+Everything below the FUSE adapter raises ``FsError(errno)``; the adapter turns it into
+``pyfuse3.FUSEError``. API failures (``ArkerError``) are translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import errno as E
+
+
+class FsError(Exception):
+    """A filesystem operation failed with ``errno``; ``detail`` is for the log only."""
+
+    def __init__(self, errno: int, detail: str = "") -> None:
+        super().__init__(errno, detail or E.errorcode.get(errno, str(errno)))
+        self.errno = errno
+        self.detail = detail
+
+    def __str__(self) -> str:
+        name = E.errorcode.get(self.errno, str(self.errno))
+        return f"{name}: {self.detail}" if self.detail else name
+
+
+# API error code -> errno (PROTOCOL.md section 5). Anything not listed is EIO.
+API_CODE_ERRNO = {
+    "bad_request": E.EINVAL,
+    "unauthorized": E.EACCES,
+    "payment_required": E.EACCES,
+    "forbidden": E.EACCES,
+    "action_required": E.EACCES,
+    "not_found": E.ENOENT,
+    "conflict": E.EBUSY,
+    "already_exists": E.EEXIST,
+    "payload_too_large": E.EFBIG,
+    "not_implemented": E.ENOSYS,
+    "method_not_allowed": E.ENOSYS,
+    "unsupported_operation": E.ENOTSUP,
+    "vm_busy": E.EBUSY,
+    "resource_busy": E.EBUSY,
+    "rate_limited": E.EAGAIN,
+    "capacity_unavailable": E.EAGAIN,
+    "quota_exceeded": E.EDQUOT,
+    "insufficient_resources": E.EINVAL,
+    "timeout": E.ETIMEDOUT,
+}
+
+
+def errno_for_api_error(exc: Exception) -> int:
+    """Map an ``ArkerError`` (anything with a ``code`` attribute) to an errno."""
+    code = getattr(exc, "code", "internal") or "internal"
+    if code.startswith("unsupported_"):
+        return E.ENOTSUP
+    return API_CODE_ERRNO.get(code, E.EIO)
