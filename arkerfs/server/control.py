@@ -74,10 +74,11 @@ class ServerProcess:
 
     def start(self, timeout: float = 30) -> "ServerProcess":
         cmd = [sys.executable, "-m", "arkerfs", "serve", "--data-dir", str(self.data_dir),
-               "--port", "0", "--api-key", self.api_key, *self.extra_args]
-        # The key travels in the environment in real use; tests pass it explicitly.
+               "--port", "0", *self.extra_args]
+        # The key travels in the environment, never on the command line (ps shows argv).
+        env = {**os.environ, "ARKER_API_KEY": self.api_key}
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + timeout
         buffered = b""
         while time.monotonic() < deadline:
