@@ -5,15 +5,16 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc bubblewrap rsync git vim
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup test demo serve bench clean
+.PHONY: setup system-packages test demo serve bench clean
 
-setup: $(STAMP)
+# Idempotent: system packages only when missing, the venv only when pyproject.toml changed.
+setup: system-packages $(STAMP)
+
+system-packages:
 	@bash scripts/setup-system.sh $(APT_PACKAGES)
 
-$(STAMP): pyproject.toml
-	@bash scripts/setup-system.sh $(APT_PACKAGES)
+$(STAMP): pyproject.toml | system-packages
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip >/dev/null
 	@$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
