@@ -1,0 +1,289 @@
+"""HTTP for the SDK: the only module that touches httpx.
+
+Two clients (PROTOCOL.md §10.16): one for the API, carrying the Bearer key, and one with no
+credentials at all for presigned blob URLs, so the key can never reach a blob store, not
+even through a redirect. This module owns the retry loop (§6.4): it classifies every failure
+(envelope error, bare HTTP status, transport error) and replays a request only when that is
+safe for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+import trio
+
+from arkerfs.client.errors import ArkerError, error_from_wire
+from arkerfs.client.retry import BUSY_CODES, TRANSIENT_STATUSES, RetryPolicy, hint_seconds, is_transient
+
+log = logging.getLogger("arkerfs.client")
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 10.0
+WRITE_TIMEOUT = 60.0
+POOL_TIMEOUT = 30.0
+GET_TIMEOUT = httpx.Timeout(CONNECT_TIMEOUT, read=300.0, write=WRITE_TIMEOUT, pool=POOL_TIMEOUT)
+PUT_TIMEOUT = httpx.Timeout(CONNECT_TIMEOUT, read=600.0, write=600.0, pool=POOL_TIMEOUT)
+# Transport errors that prove the request never left this process, so replay is always safe.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+BlobContent = bytes | AsyncIterable[bytes]
+
+
+class Secret:
+    """Holds the API key; its repr/str are masked so it cannot leak into logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __reduce__(self):
+        raise TypeError("an API key is not picklable")
+
+
+class _BearerAuth(httpx.Auth):
+    """Adds the key per request, so it never sits in a plain dict of default headers."""
+
+    def __init__(self, key: Secret) -> None:
+        self._key = key
+
+    def auth_flow(self, request: httpx.Request):
+        request.headers["authorization"] = "Bearer " + self._key.reveal()
+        yield request
+
+
+@dataclass(eq=False)  # exceptions must stay hashable
+class _Failure(Exception):
+    """One failed attempt, with what the retry loop needs to decide about the next one."""
+
+    error: ArkerError
+    transient: bool
+    never_started: bool  # provably not executed: safe to replay even a run or a fork
+    hint: float | None = None
+
+
+def host_of(url: str) -> str:
+    """``host[:port]`` of a URL: names the peer in messages without paths, tokens or userinfo."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _request_failure(exc: httpx.RequestError, what: str, host: str) -> _Failure:
+    """Classify an httpx exception: transport errors are transient, the rest (too many
+    redirects, an undecodable body) are final."""
+    if not isinstance(exc, httpx.TransportError):
+        error = ArkerError("internal", f"{what}: {_describe(exc)} from {host}", 0)
+        return _Failure(error, transient=False, never_started=False)
+    if isinstance(exc, NOT_SENT):
+        message = f"{what}: cannot connect to {host} ({_describe(exc)})"
+        return _Failure(ArkerError("unavailable", message, 0), transient=True, never_started=True)
+    message = f"{what}: {_describe(exc)} from {host} after the request was sent; the outcome is unknown"
+    return _Failure(ArkerError("unavailable", message, 0, outcome_unknown=True), transient=True, never_started=False)
+
+
+def _header_hint(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None  # absent, or an HTTP-date, which we do not honour
+
+
+def _envelope_error(payload: object) -> object | None:
+    """The error object of an error envelope in either accepted shape (§3.2), else None."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("error"), dict):
+        return None
+    if payload.get("ok") is False or set(payload) == {"error"}:
+        return payload["error"]
+    return None
+
+
+def _status_failure(response: httpx.Response, payload: object) -> _Failure | None:
+    """The failure an API response represents, or None if it is a success."""
+    status = response.status_code
+    wire = _envelope_error(payload)
+    if wire is None and 200 <= status < 300:
+        return None
+    if wire is None:
+        body = response.text[:200]
+        error = ArkerError("internal", body or f"unexpected HTTP status {status}", status)
+        return _Failure(error, is_transient(status, None), status == 429, _header_hint(response))
+    error = error_from_wire(wire, status)
+    recovery = wire.get("recovery")
+    not_started = isinstance(recovery, dict) and recovery.get("work") == "not_started"
+    hint = hint_seconds(wire)
+    return _Failure(
+        error,
+        transient=is_transient(status, error.code, error.message),
+        never_started=not_started or status == 429 or error.code in BUSY_CODES,
+        hint=_header_hint(response) if hint is None else hint,
+    )
+
+
+class Transport:
+    """The API client, the blob client and the retry loop shared by every SDK call."""
+
+    def __init__(self, key: Secret, base_url: str, list_base_url: str, retry: RetryPolicy, read_timeout: float) -> None:
+        self.base_url = base_url
+        self.list_base_url = list_base_url
+        self.retry = retry
+        self._api_timeout = httpx.Timeout(CONNECT_TIMEOUT, read=read_timeout, write=WRITE_TIMEOUT, pool=POOL_TIMEOUT)
+        self._api = httpx.AsyncClient(
+            auth=_BearerAuth(key),
+            headers={"content-type": "application/json"},
+            timeout=self._api_timeout,
+            follow_redirects=False,
+        )
+        # No auth, no default headers: nothing in this client can reveal the key. Following
+        # redirects on GET is therefore harmless, and object stores do redirect across regions.
+        self._blob = httpx.AsyncClient(timeout=GET_TIMEOUT, follow_redirects=True)
+
+    async def aclose(self) -> None:
+        try:
+            await self._api.aclose()
+        finally:
+            await self._blob.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict | None = None,
+        params: dict[str, str] | None = None,
+        list_host: bool = False,
+        replay_safe: bool,
+        read_timeout: float | None = None,
+        missing_ok_on_retry: bool = False,
+    ) -> dict:
+        """One API call with retries; returns the success body (``{}`` for an empty one).
+
+        ``replay_safe`` says whether the request may be repeated after an ambiguous failure
+        (§6.3). ``missing_ok_on_retry`` turns a 404 ``not_found`` on a retry into success:
+        the earlier attempt already did the work (delete).
+        """
+        url = (self.list_base_url if list_host else self.base_url) + path
+        host = host_of(url)
+        what = f"{method} {path}"
+        # Serialized once so every retry sends the identical bytes (same upload_id and all).
+        content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        timeout = self._api_timeout if read_timeout is None else httpx.Timeout(
+            CONNECT_TIMEOUT, read=read_timeout, write=WRITE_TIMEOUT, pool=POOL_TIMEOUT
+        )
+
+        async def once(attempt: int) -> dict:
+            started = time.monotonic()
+            try:
+                response = await self._api.request(method, url, content=content, params=params, timeout=timeout)
+            except httpx.RequestError as exc:
+                raise _request_failure(exc, what, host) from exc
+            log.debug("%s %s -> %d in %.0f ms", what, host, response.status_code, (time.monotonic() - started) * 1000)
+            try:
+                payload = json.loads(response.content) if response.content else {}
+            except ValueError:
+                payload = None
+            failure = _status_failure(response, payload)
+            if failure is not None:
+                if missing_ok_on_retry and attempt > 0 and failure.error.code == "not_found" and failure.error.status == 404:
+                    log.info("%s: 404 on a retry; an earlier attempt already succeeded", what)
+                    return {}
+                raise failure
+            if not isinstance(payload, dict):
+                raise ArkerError("internal", f"{what}: response from {host} is not a JSON object", response.status_code)
+            return payload
+
+        return await self._with_retries(what, replay_safe, once)
+
+    async def blob_get(
+        self,
+        url: str,
+        consume: Callable[[int, AsyncIterator[bytes]], Awaitable[T]],
+        *,
+        byte_range: tuple[int, int] | None = None,
+    ) -> T:
+        """Unauthenticated GET of a presigned URL; ``consume(status, chunks)`` reads the body.
+
+        ``byte_range`` is ``(start, end)``, end exclusive. ``consume`` runs once per attempt
+        (a dropped connection mid-body is retried), so it must start over when called again.
+        """
+        host = host_of(url)
+        what = f"presigned GET to {host}"
+        headers = None if byte_range is None else {"range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"}
+
+        async def once(attempt: int) -> T:
+            try:
+                async with self._blob.stream("GET", url, headers=headers, timeout=GET_TIMEOUT) as response:
+                    status = response.status_code
+                    log.debug("%s -> %d", what, status)
+                    if not 200 <= status < 300:
+                        error = ArkerError("internal", f"signed GET failed: {status}", status)
+                        raise _Failure(error, status in TRANSIENT_STATUSES, False, _header_hint(response))
+                    return await consume(status, response.aiter_bytes())
+            except httpx.RequestError as exc:
+                raise _request_failure(exc, what, host) from exc
+
+        return await self._with_retries(what, True, once)
+
+    async def blob_put(self, url: str, content: Callable[[], BlobContent], size: int) -> None:
+        """Unauthenticated PUT of a whole file to a presigned URL, with retries.
+
+        ``content()`` is called once per attempt: a streamed body can be consumed only once.
+        Content-Length is always sent (object stores refuse chunked uploads).
+        """
+        host = host_of(url)
+        what = f"presigned PUT to {host}"
+        headers = {"content-length": str(size)}
+
+        async def once(attempt: int) -> None:
+            try:
+                # No redirects here: a streamed body cannot be replayed to a new location.
+                response = await self._blob.put(
+                    url, content=content(), headers=headers, timeout=PUT_TIMEOUT, follow_redirects=False
+                )
+            except httpx.RequestError as exc:
+                raise _request_failure(exc, what, host) from exc
+            status = response.status_code
+            log.debug("%s -> %d", what, status)
+            if not 200 <= status < 300:
+                error = ArkerError("internal", f"upload PUT failed: {status}", status)
+                raise _Failure(error, status in TRANSIENT_STATUSES, False, _header_hint(response))
+
+        await self._with_retries(what, True, once)
+
+    async def _with_retries(self, what: str, replay_safe: bool, once: Callable[[int], Awaitable[T]]) -> T:
+        attempts = self.retry.attempts
+        attempt = 0
+        while True:
+            try:
+                return await once(attempt)
+            except _Failure as failure:
+                retryable = failure.transient and (replay_safe or failure.never_started)
+                if not retryable or attempt + 1 >= attempts:
+                    if retryable:
+                        log.warning("%s: giving up after %d attempts: %s", what, attempts, failure.error)
+                    raise failure.error from failure.__cause__
+                delay = self.retry.delay(attempt, failure.hint)
+                log.info("%s: retrying in %.2f s (attempt %d of %d): %s", what, delay, attempt + 2, attempts, failure.error)
+            await trio.sleep(delay)
+            attempt += 1
