@@ -1,7 +1,6 @@
-"""RemoteFS: every POSIX operation mapped onto the fewest Arker calls (CONTRACT STUB).
+"""RemoteFS: every POSIX operation mapped onto the fewest Arker calls.
 
-This file is the contract between the remote-operations work and the FUSE layer. Method
-bodies are filled in by the remote-operations work; signatures and semantics below are fixed.
+This file is the contract between the remote-operations work and the FUSE layer.
 
 Rules for every method:
 - paths are absolute VM paths as bytes (b"/home/user/x"); names may be any bytes but b"/" and NUL;
@@ -9,61 +8,330 @@ Rules for every method:
 - failures raise ``arkerfs.fs.errors.FsError(errno)``: script failures from exit codes the script
   set on purpose, API failures through ``errno_for_api_error``; never a bare ArkerError;
 - nothing here caches: caching lives above this layer.
+
+How (see ``arkerfs.fs.shell`` for the script conventions): each metadata method sends one
+script fragment as one ``run`` on a small pool of dedicated sessions (never session 0) and
+parses its NUL-framed output; methods that create or change a node get its fresh attrs from
+the same run. Contents go through ``sync``, except for names ``sync`` cannot carry (non-UTF-8,
+or refused by the server), which are staged under ``/home/user/.arkerfs/staging``.
+
+A ``run`` is never replayed blindly. Read-only scripts are repeated once after an ambiguous
+failure (502/504 or ``outcome_unknown``); a mutating one is *reconciled*: one probe run looks
+at the remote state and decides whether the change happened (mkdir: the directory exists;
+unlink/rmdir: the name is gone; rename: source gone and target present; ...), else EIO.
+A probe cannot tell "my mkdir made it" from "it existed already", so after an ambiguous
+failure an existing directory counts as success rather than EEXIST.
+
+Names under the hidden staging dir are refused locally: ENOENT for lookups, EPERM for creation.
 """
 
 from __future__ import annotations
 
+import errno as E
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from arkerfs.client import ArkerError, RemoteFile
+from arkerfs.fs import shell as S
+from arkerfs.fs.errors import FsError, errno_for_api_error
 from arkerfs.fs.model import Attrs, Entry, StatFs
+from arkerfs.protocol import CLIENT_MAX_FILE_BYTES, PathRuleError, check_sync_path, new_ulid
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SESSIONS = 4
+INLINE_READ_MAX = 1024 * 1024  # run-based reads of unsyncable names return up to this inline
+PATH_MAX = 4096
+NAME_MAX = 255
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+AMBIGUOUS_STATUSES = frozenset({502, 504})
+BUSY_CODES = frozenset({"vm_busy", "resource_busy"})
+BUSY_RETRIES = 5
+CLEANUP_TIMEOUT = 10.0
+
+
+class _Ambiguous(Exception):
+    """The run may or may not have executed."""
+
+
+class SessionPool:
+    """Up to ``len(ids)`` runs in flight, each on its own session; drops to one on VM-wide busy."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self._free = list(ids)
+        self.limit = len(ids)
+        self.in_flight = 0
+        self._lot = trio.lowlevel.ParkingLot()
+        # Sessions whose last run was abandoned (cancelled): the VM may still be running it,
+        # so a vm_busy there says nothing about the VM-wide limit.
+        self.abandoned: set[int] = set()
+
+    @asynccontextmanager
+    async def session(self):
+        while self.in_flight >= self.limit or not self._free:
+            await self._lot.park()
+        sid = self._free.pop(0)
+        self.in_flight += 1
+        try:
+            yield sid
+        finally:
+            self._free.append(sid)
+            self.in_flight -= 1
+            self._lot.unpark_all()
+
+    def busy(self, sid: int) -> None:
+        """``sid`` answered vm_busy: VM-wide if other sessions are running and ``sid`` is clean."""
+        if sid not in self.abandoned and self.in_flight > 1 and self.limit > 1:
+            log.warning("vm_busy across sessions: the VM runs one command at a time; using one session")
+            self.limit = 1
 
 
 class RemoteFS:
-    def __init__(self, vm, *, session_id: int = 7, run_timeout: float = 60.0) -> None:
-        """``vm`` is an ``arkerfs.client.VM``. Runs use the dedicated ``session_id``, never 0."""
-        raise NotImplementedError
+    def __init__(self, vm, *, session_id: int = 7, run_timeout: float = 60.0,
+                 sessions: int = DEFAULT_SESSIONS, inline_read_max: int = INLINE_READ_MAX) -> None:
+        """``vm`` is an ``arkerfs.client.VM``. Runs use the dedicated sessions ``session_id``,
+        ``session_id + 1``, ... (``sessions`` of them), never 0."""
+        if session_id < 1 or sessions < 1:
+            raise ValueError("session ids start at 1 (session 0 is the user's) and sessions >= 1")
+        self._vm = vm
+        self._run_timeout = run_timeout
+        self._inline_read_max = inline_read_max
+        self.pool = SessionPool([session_id + i for i in range(sessions)])
+
+    # -- running fragments --------------------------------------------------------------------
+    async def _run(self, fragments: list[S.Fragment]) -> tuple[list[S.Outcome], bytes]:
+        """One run of ``fragments``: one Outcome per fragment and the run's stderr."""
+        command = S.script(fragments)
+        for attempt in range(BUSY_RETRIES + 1):
+            async with self.pool.session() as sid:
+                try:
+                    result = await self._vm.run(command, session_id=sid, timeout=self._run_timeout)
+                    self.pool.abandoned.discard(sid)
+                    break
+                except trio.Cancelled:
+                    self.pool.abandoned.add(sid)
+                    raise
+                except ArkerError as exc:
+                    if exc.code in BUSY_CODES and attempt < BUSY_RETRIES:
+                        self.pool.busy(sid)
+                    elif exc.outcome_unknown or exc.status in AMBIGUOUS_STATUSES:
+                        self.pool.abandoned.add(sid)
+                        raise _Ambiguous(str(exc)) from exc
+                    else:
+                        raise FsError(errno_for_api_error(exc), str(exc)) from exc
+            await trio.sleep(0.05 * 2**attempt)  # busy: the run never started, so retrying is safe
+        if not result.completed:
+            log.error("run did not complete (exit %s, timed_out=%s): %s", result.exit_code,
+                      result.timed_out, result.stderr[-500:].decode(errors="replace"))
+            raise FsError(E.EIO, "run did not complete")
+        try:
+            outcomes = S.parse_output(result.stdout)
+        except S.FramingError as exc:
+            outcomes, problem = [], str(exc)
+        else:
+            problem = f"{len(outcomes)} fragment statuses for {len(fragments)} fragments"
+        if len(outcomes) != len(fragments) or outcomes[-1].status != result.exit_code:
+            log.error("script output unusable (%s; exit %s): %s", problem, result.exit_code,
+                      result.stderr[-500:].decode(errors="replace"))
+            raise FsError(E.EIO, "script output unusable")
+        return outcomes, result.stderr
+
+    @staticmethod
+    def _value(fragment: S.Fragment, outcome: S.Outcome, stderr: bytes) -> Any:
+        errno = S.errno_for_exit(outcome.status)
+        if outcome.status and (errno == E.EIO or outcome.status != errno):
+            log.error("script failed with unexpected status %d: %s", outcome.status,
+                      stderr[-500:].decode(errors="replace"))
+        try:
+            return S.check_result(fragment, outcome)
+        except S.FramingError as exc:
+            log.error("script records unusable: %s", exc)
+            raise FsError(E.EIO, str(exc)) from None
+
+    async def _call(self, fragment: S.Fragment, *, readonly: bool = False,
+                    reconcile: Callable[[], Awaitable[Any]] | None = None) -> Any:
+        """Run one fragment. After an ambiguous failure a read-only fragment runs once more and
+        a mutating one is settled by ``reconcile`` (EIO without one)."""
+        try:
+            (outcome,), stderr = await self._run([fragment])
+        except _Ambiguous as exc:
+            log.warning("ambiguous failure of a run (%s); %s", exc,
+                        "repeating the read-only script" if readonly else "reconciling")
+            if readonly:
+                try:
+                    (outcome,), stderr = await self._run([fragment])
+                except _Ambiguous as again:
+                    raise FsError(E.EIO, str(again)) from None
+            elif reconcile is not None:
+                return await reconcile()
+            else:
+                raise FsError(E.EIO, f"outcome unknown: {exc}") from None
+        return self._value(fragment, outcome, stderr)
+
+    async def _probe(self, *paths: bytes) -> list[Attrs | int]:
+        """lstat of each path in one run (one fragment each): Attrs, or the errno it failed with."""
+        fragments = [S.lstat(p) for p in paths]
+        try:
+            outcomes, stderr = await self._run(fragments)
+        except _Ambiguous as exc:
+            raise FsError(E.EIO, f"reconcile probe failed too: {exc}") from None
+        found: list[Attrs | int] = []
+        for fragment, outcome in zip(fragments, outcomes):
+            try:
+                found.append(self._value(fragment, outcome, stderr))
+            except FsError as exc:
+                found.append(exc.errno)
+        return found
+
+    @staticmethod
+    def _settled(ok: bool, what: str, value: Any = None) -> Any:
+        if not ok:
+            raise FsError(E.EIO, f"{what}: outcome unknown and the remote state does not show it")
+        log.info("%s: reconciled as done", what)
+        return value
+
+    # -- path hygiene ---------------------------------------------------------------------------
+    @staticmethod
+    def _check(path: bytes, *, creating: bool = False) -> bytes:
+        if not isinstance(path, bytes) or b"\0" in path or not (
+                path == S.HOME_B or path.startswith(S.HOME_B + b"/")):
+            raise FsError(E.EINVAL, f"not a VM path under {S.HOME_B!r}: {path!r}")
+        if len(path) >= PATH_MAX or any(len(c) > NAME_MAX for c in path.split(b"/")):
+            raise FsError(E.ENAMETOOLONG)
+        if path == S.STAGING_DIR or path.startswith(S.STAGING_DIR + b"/"):
+            raise FsError(E.EPERM if creating else E.ENOENT, "arkerfs staging area")
+        return path
+
+    def _removable(self, path: bytes) -> bytes:
+        if self._check(path) == S.HOME_B:
+            raise FsError(E.EBUSY, "the home directory is the mount root")
+        return path
+
+    @staticmethod
+    def _sync_path(path: bytes) -> str | None:
+        """``path`` as the sync API takes it, or None when it cannot carry it."""
+        try:
+            return check_sync_path(path.decode("utf-8"))
+        except (UnicodeDecodeError, PathRuleError):
+            return None
 
     # -- metadata -------------------------------------------------------------------------
     async def list_dir(self, path: bytes) -> tuple[Attrs, list[Entry]]:
         """The directory's own attrs and every entry with its attrs (one run). ENOENT/ENOTDIR."""
-        raise NotImplementedError
+        return await self._call(S.list_dir(self._check(path)), readonly=True)
 
     async def lstat(self, path: bytes) -> Attrs:
         """Attributes of ``path`` without following a final symlink. ENOENT."""
-        raise NotImplementedError
+        return await self._call(S.lstat(self._check(path)), readonly=True)
 
     async def statfs(self) -> StatFs:
-        raise NotImplementedError
+        return await self._call(S.statfs(), readonly=True)
 
     async def readlink(self, path: bytes) -> bytes:
-        raise NotImplementedError
+        return await self._call(S.readlink(self._check(path)), readonly=True)
 
     # -- namespace ------------------------------------------------------------------------
     async def mkdir(self, path: bytes, mode: int) -> Attrs:
-        raise NotImplementedError
+        self._check(path, creating=True)
+
+        async def reconcile() -> Attrs:
+            (found,) = await self._probe(path)
+            return self._settled(isinstance(found, Attrs) and found.is_dir, "mkdir", found)
+
+        return await self._call(S.mkdir(path, mode), reconcile=reconcile)
 
     async def rmdir(self, path: bytes) -> None:
-        raise NotImplementedError
+        return await self._call(S.rmdir(self._removable(path)), reconcile=self._gone(path, "rmdir"))
 
     async def unlink(self, path: bytes) -> None:
-        raise NotImplementedError
+        return await self._call(S.unlink(self._removable(path)), reconcile=self._gone(path, "unlink"))
+
+    def _gone(self, path: bytes, what: str) -> Callable[[], Awaitable[None]]:
+        async def reconcile() -> None:
+            (found,) = await self._probe(path)
+            return self._settled(found == E.ENOENT, what)
+        return reconcile
 
     async def rename(self, old: bytes, new: bytes, flags: int = 0) -> None:
-        """flags: 0, RENAME_NOREPLACE (1) or RENAME_EXCHANGE (2); unsupported -> EINVAL."""
-        raise NotImplementedError
+        """flags: 0, RENAME_NOREPLACE (1) or RENAME_EXCHANGE (2); unsupported -> EINVAL.
+
+        RENAME_EXCHANGE runs renameat2 through python3 in the VM; where that is unavailable
+        it is refused with EINVAL, never degraded to a plain rename."""
+        if flags not in (0, S.RENAME_NOREPLACE, S.RENAME_EXCHANGE):
+            raise FsError(E.EINVAL, f"rename flags {flags:#x}")
+        self._removable(old)
+        if self._check(new, creating=True) == S.HOME_B:
+            raise FsError(E.EBUSY, "the home directory is the mount root")
+
+        async def reconcile() -> None:
+            if flags == S.RENAME_EXCHANGE:  # both names exist either way: nothing to look at
+                return self._settled(False, "rename exchange")
+            gone, there = await self._probe(old, new)
+            return self._settled(gone == E.ENOENT and isinstance(there, Attrs), "rename")
+
+        return await self._call(S.rename(old, new, flags), reconcile=reconcile)
 
     async def symlink(self, target: bytes, path: bytes) -> Attrs:
-        raise NotImplementedError
+        self._check(path, creating=True)
+        if b"\0" in target:
+            raise FsError(E.EINVAL, "symlink target with NUL")
+        if len(target) >= PATH_MAX:
+            raise FsError(E.ENAMETOOLONG)
+
+        async def reconcile() -> Attrs:
+            (found,) = await self._probe(path)
+            ok = isinstance(found, Attrs) and found.symlink_target == target
+            return self._settled(ok, "symlink", found)
+
+        return await self._call(S.symlink(target, path), reconcile=reconcile)
 
     async def link(self, existing: bytes, new: bytes) -> Attrs:
         """Hard link; returns the attrs of the new name (nlink already incremented)."""
-        raise NotImplementedError
+        self._check(existing)
+        self._check(new, creating=True)
+
+        async def reconcile() -> Attrs:
+            src, dst = await self._probe(existing, new)
+            ok = isinstance(src, Attrs) and isinstance(dst, Attrs) and src.remote_ino == dst.remote_ino
+            return self._settled(ok, "link", dst)
+
+        return await self._call(S.link(existing, new), reconcile=reconcile)
 
     async def mknod(self, path: bytes, mode: int, rdev: int = 0) -> Attrs:
         """Fifos and sockets (S_IFIFO / S_IFSOCK in mode); others -> EPERM."""
-        raise NotImplementedError
+        self._check(path, creating=True)
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            raise FsError(E.EPERM, f"mknod of type {stat.S_IFMT(mode):#o}")
+
+        async def reconcile() -> Attrs:
+            (found,) = await self._probe(path)
+            ok = isinstance(found, Attrs) and stat.S_IFMT(found.mode) == stat.S_IFMT(mode)
+            return self._settled(ok, "mknod", found)
+
+        return await self._call(S.mknod(path, mode), reconcile=reconcile)
 
     async def create_empty(self, path: bytes, mode: int, *, exclusive: bool = True) -> Attrs:
         """Create (or, if not exclusive, truncate) an empty regular file with ``mode``."""
-        raise NotImplementedError
+        return await self._create_empty(path, mode, exclusive)
+
+    async def _create_empty(self, path: bytes, mode: int | None, exclusive: bool) -> Attrs:
+        """``mode`` None keeps an existing file's mode (0644 for a new one)."""
+        self._check(path, creating=True)
+
+        async def reconcile() -> Attrs:
+            (found,) = await self._probe(path)
+            ok = isinstance(found, Attrs) and found.is_reg and found.size == 0
+            return self._settled(ok, "create", found)
+
+        return await self._call(S.create_empty(path, mode, exclusive=exclusive), reconcile=reconcile)
 
     # -- attributes -----------------------------------------------------------------------
     async def setattr(self, path: bytes, *, mode: int | None = None, uid: int | None = None,
@@ -71,29 +339,157 @@ class RemoteFS:
                       atime_ns: int | None = None, mtime_ns: int | None = None) -> Attrs:
         """Apply any combination in ONE run (never following a final symlink for times/owner)
         and return the resulting attrs."""
-        raise NotImplementedError
+        self._check(path)
+        if size is not None and size < 0:
+            raise FsError(E.EINVAL, "negative size")
+        if size is not None and size > CLIENT_MAX_FILE_BYTES:
+            raise FsError(E.EFBIG)
+
+        async def reconcile() -> Attrs:
+            (found,) = await self._probe(path)
+            ok = isinstance(found, Attrs) and all(want is None or want == have for want, have in (
+                (None if mode is None or found.is_symlink else mode & 0o7777, stat.S_IMODE(found.mode)),
+                (uid, found.uid), (gid, found.gid), (size, found.size),
+                (atime_ns, found.atime_ns), (mtime_ns, found.mtime_ns)))
+            return self._settled(ok, "setattr", found)
+
+        fragment = S.setattr(path, mode=mode, uid=uid, gid=gid, size=size, atime_ns=atime_ns, mtime_ns=mtime_ns)
+        return await self._call(fragment, reconcile=reconcile)
 
     # -- contents -------------------------------------------------------------------------
     async def open_read(self, path: bytes):
         """One sync read. Returns an ``arkerfs.client.RemoteFile`` (inline bytes, or a presigned
-        URL readable by ranges). Names the sync API cannot carry fall back to a run-based read."""
-        raise NotImplementedError
+        URL readable by ranges). Names the sync API cannot carry fall back to a run-based read:
+        one run for files up to ``inline_read_max`` bytes (content base64 in the output), else
+        run (hard-link to staging) + sync read + run (cleanup), returned as inline bytes."""
+        self._check(path)
+        sync_path = self._sync_path(path)
+        if sync_path is not None:
+            try:
+                return await self._vm.sync.open_read(sync_path)
+            except ArkerError as exc:
+                if exc.code != "bad_request":
+                    raise FsError(errno_for_api_error(exc), str(exc)) from exc
+                log.info("sync read of %r refused (%s); reading through a run", path, exc)
+        staging = S.STAGING + b"/" + new_ulid().encode()
+        got: S.StagedRead = await self._call(
+            S.read_small_or_stage(path, staging, self._inline_read_max), readonly=True)
+        if got.content is None:
+            try:
+                remote = await self._vm.sync.open_read(staging.decode())
+                data = await remote.read_all()
+            except ArkerError as exc:
+                raise FsError(errno_for_api_error(exc), str(exc)) from exc
+            finally:
+                await self._cleanup(staging)
+        else:
+            data = got.content
+        return RemoteFile(None, path=os.fsdecode(path), size=len(data), content=data)
+
+    async def _cleanup(self, staging: bytes) -> None:
+        """Remove a staging file; failures only log (a later staging run sweeps leftovers)."""
+        with trio.move_on_after(CLEANUP_TIMEOUT) as scope:
+            scope.shield = True
+            try:
+                await self._call(S.remove_staged(staging))
+            except FsError as exc:
+                log.warning("could not remove staging file %r: %s", staging, exc)
 
     async def write_file(self, path: bytes, source, size: int, *, mode: int | None = None) -> Attrs | None:
         """Replace the whole file with ``size`` bytes from ``source`` (bytes or a local file path).
         size 0 goes through a run. Returns fresh attrs when known without another call, else None.
-        On failure the remote keeps its old content (uploads land atomically)."""
-        raise NotImplementedError
+        On failure the remote keeps its old content (uploads land atomically).
+
+        Costs: size 0 -> one run (returns attrs); otherwise one sync write, plus one run
+        (chmod + stat, returns attrs) when ``mode`` is given, since sync writes carry no mode.
+        Names sync cannot carry: sync write to a staging file + one run (mv, chmod, stat)."""
+        self._check(path, creating=True)
+        if size > CLIENT_MAX_FILE_BYTES:
+            raise FsError(E.EFBIG)
+        if size == 0:
+            return await self._create_empty(path, mode, exclusive=False)
+        data = Path(source) if isinstance(source, str) else source
+        if isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)
+        sync_path = self._sync_path(path)
+        if sync_path is not None:
+            try:
+                await self._vm.sync.write_file(sync_path, data)
+            except ArkerError as exc:
+                if exc.code != "bad_request":
+                    raise FsError(errno_for_api_error(exc), str(exc)) from exc
+                log.info("sync write of %r refused (%s); staging it", path, exc)
+            else:
+                return None if mode is None else await self.setattr(path, mode=mode)
+        return await self._write_staged(path, data, size, mode)
+
+    async def _write_staged(self, path: bytes, data, size: int, mode: int | None) -> Attrs:
+        staging = S.STAGING + b"/" + new_ulid().encode()
+        for first in (True, False):
+            try:
+                await self._vm.sync.write_file(staging.decode(), data)
+                break
+            except ArkerError as exc:
+                if not (first and exc.code == "not_found"):
+                    raise FsError(errno_for_api_error(exc), str(exc)) from exc
+            await self._call(S.make_staging_dir())  # a server that does not create parents
+
+        async def reconcile() -> Attrs:
+            staged, found = await self._probe(staging, path)
+            ok = staged == E.ENOENT and isinstance(found, Attrs) and found.is_reg and found.size == size
+            return self._settled(ok, "staged write", found)
+
+        return await self._call(S.commit_staged(staging, path, mode), reconcile=reconcile)
 
     # -- extended attributes --------------------------------------------------------------
+    # Only the user.* namespace reaches the VM. Other namespaces are answered locally without
+    # a round trip (the kernel asks for security.capability on every write): ENODATA for reads
+    # and removals, ENOTSUP for writes; listxattr shows user.* names only.
+    @staticmethod
+    def _xattr_name(name: bytes) -> bool:
+        if not name or len(name) > XATTR_NAME_MAX or b"\0" in name:
+            raise FsError(E.ERANGE, "bad xattr name")
+        return name.startswith(b"user.")
+
     async def getxattr(self, path: bytes, name: bytes) -> bytes:
-        raise NotImplementedError
+        self._check(path)
+        if not self._xattr_name(name):
+            raise FsError(E.ENODATA)
+        return await self._call(S.getxattr(path, name), readonly=True)
 
     async def setxattr(self, path: bytes, name: bytes, value: bytes, flags: int = 0) -> None:
-        raise NotImplementedError
+        self._check(path)
+        if not self._xattr_name(name):
+            raise FsError(E.ENOTSUP, "only user.* xattrs are supported")
+        if len(value) > XATTR_SIZE_MAX:
+            raise FsError(E.E2BIG)
+        if flags & ~(S.XATTR_CREATE | S.XATTR_REPLACE) or flags == S.XATTR_CREATE | S.XATTR_REPLACE:
+            raise FsError(E.EINVAL, f"setxattr flags {flags:#x}")
+
+        async def reconcile() -> None:
+            try:
+                got = await self._call(S.getxattr(path, name), readonly=True)
+            except FsError:
+                got = None
+            return self._settled(got == value, "setxattr")
+
+        return await self._call(S.setxattr(path, name, value, flags), reconcile=reconcile)
 
     async def listxattr(self, path: bytes) -> list[bytes]:
-        raise NotImplementedError
+        self._check(path)
+        names = await self._call(S.listxattr(path), readonly=True)
+        return [n for n in names if n.startswith(b"user.")]
 
     async def removexattr(self, path: bytes, name: bytes) -> None:
-        raise NotImplementedError
+        self._check(path)
+        if not self._xattr_name(name):
+            raise FsError(E.ENODATA)
+
+        async def reconcile() -> None:
+            try:
+                await self._call(S.getxattr(path, name), readonly=True)
+            except FsError as exc:
+                return self._settled(exc.errno == E.ENODATA, "removexattr")
+            return self._settled(False, "removexattr")
+
+        return await self._call(S.removexattr(path, name), reconcile=reconcile)

@@ -1,0 +1,575 @@
+"""Shell script fragments for every remote metadata operation, and the parsers of their output.
+
+Why this module exists and is pure (no I/O): a ``run`` is the only way to touch metadata on the
+VM, and every run costs a full HTTP round trip, so each POSIX operation must be *one* script
+that checks its own preconditions, does the change and prints the node's fresh attributes.
+Keeping the text generation and the parsing here, free of I/O, makes them unit-testable against
+a local ``bash`` and lets a future batcher join several fragments into one run.
+
+Script conventions (the contract between the builders here and ``RemoteFS``):
+
+* A **fragment** is a shell body that runs in its own subshell ``( ... )``, so ``exit`` inside
+  it ends only that fragment. It tests conditions itself and exits with an **errno number**
+  (see ``EXIT_ERRNO``); it never relies on a tool's exit status or on parsing localised text.
+  Tools that fail anyway (races, ENOSPC...) go through the prelude's ``_t``, which maps the
+  C-locale strerror suffix of the tool's message (fixed glibc text, ``LC_ALL=C``) to an errno
+  and otherwise exits 5 (EIO).
+* A **script** is ``( export LC_ALL=C; <prelude>; <fragment 1>; <fragment 2>; ... ) </dev/null``:
+  a subshell so ``cd``/``exit``/shell options can neither break nor be broken by the session,
+  stdin from ``/dev/null`` so nothing blocks. Its exit status is the last fragment's status.
+* Output is a stream of **NUL-terminated fields** grouped into records. A record is a tag field
+  followed by a fixed number of fields (``ARITY``); names are the only free-form bytes and can
+  never contain NUL, so framing can't be confused by a hostile name. After each fragment the
+  script prints ``X<NUL><status><NUL>``, so each fragment's outcome is recoverable on its own.
+  Tags: ``A`` attrs of a node (11 fields), ``E`` a directory entry (name + 11), ``V`` a value,
+  ``S`` statfs (8), ``P`` a staged copy, ``X`` the end of a fragment.
+* Names are quoted with ``shlex.quote`` when they are UTF-8 (the JSON command string carries
+  them as they are) and with bash ANSI-C quoting ``$'\\xNN'`` otherwise. Every path is absolute
+  (so no tool mistakes it for an option) and ``--`` is passed wherever the tool accepts it.
+  ``python3 -c`` snippets (renameat2, mknod of sockets, xattrs) get their arguments base64-encoded.
+* Exit statuses set on purpose (``EXIT_ERRNO``): 2 ENOENT (missing name or parent),
+  20 ENOTDIR (a parent is not a directory; rmdir of a non-directory; dir renamed over a
+  non-directory), 17 EEXIST (mkdir/create/symlink/link/mknod target exists, RENAME_NOREPLACE,
+  XATTR_CREATE), 21 EISDIR (unlink of a directory, file renamed over a directory, truncate of
+  a directory), 39 ENOTEMPTY (rmdir, rename over a non-empty directory), 22 EINVAL (rename into
+  its own subtree, readlink of a non-link, truncate of a non-file, RENAME_EXCHANGE unavailable),
+  1 EPERM (hard link to a directory, socket mknod without python3), 13 EACCES (parent not
+  writable/searchable), 61 ENODATA (missing xattr, XATTR_REPLACE), 95 ENOTSUP (no xattr
+  support, or no python3 for xattrs), 5 EIO (a tool failed for a reason nothing explains), and
+  from ``_t``'s strerror mapping also 28 ENOSPC, 122 EDQUOT, 30 EROFS, 36 ENAMETOOLONG,
+  40 ELOOP, 31 EMLINK, 27 EFBIG, 26 ETXTBSY, 16 EBUSY. python3 snippets exit with
+  ``OSError.errno`` (e.g. 7 E2BIG, 34 ERANGE for xattrs).
+  18 (EXDEV) is never produced: a FUSE rename answering EXDEV makes ``mv`` copy instead.
+* Times come from ``find -printf %A@``, which prints ``tv_sec`` and ``tv_nsec`` joined by ``.``
+  (10 fractional digits, even for negative seconds: ``-2.5000000000`` means -2 s + 0.5 s);
+  they are parsed from the string into exact integers, never through a float.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno as E
+import shlex
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from arkerfs.fs.errors import FsError
+from arkerfs.fs.model import Attrs, Entry, StatFs
+from arkerfs.protocol import HOME
+
+HOME_B = HOME.encode()
+STAGING_DIR = HOME_B + b"/.arkerfs"  # hidden from the home's listing
+STAGING = STAGING_DIR + b"/staging"
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+
+# Exit statuses a script sets on purpose, each an errno number. 5 (EIO) is a tool that failed
+# for a reason the script could not classify. Anything else (1xx from bash itself, 126/127,
+# 128+signal, 18 EXDEV which a FUSE rename must never return) is unexpected and becomes EIO.
+EXIT_ERRNO: dict[int, int] = {
+    code: code
+    for code in (
+        E.EPERM, E.ENOENT, E.EIO, E.E2BIG, E.EACCES, E.EBUSY, E.EEXIST, E.ENOTDIR, E.EISDIR,
+        E.EINVAL, E.ETXTBSY, E.EFBIG, E.ENOSPC, E.EROFS, E.EMLINK, E.ERANGE, E.ENAMETOOLONG,
+        E.ENOTEMPTY, E.ELOOP, E.ENODATA, E.ENOTSUP, E.EDQUOT,
+    )
+}
+
+
+def errno_for_exit(code: int) -> int:
+    """The errno a fragment's exit status stands for (EIO for anything not set on purpose)."""
+    return EXIT_ERRNO.get(code, E.EIO)
+
+
+# -- quoting ------------------------------------------------------------------------------
+
+def quote(name: bytes) -> str:
+    """One shell word that bash expands back to exactly ``name`` (any bytes but NUL)."""
+    if b"\0" in name:
+        raise ValueError("a shell word cannot carry NUL")
+    try:
+        return shlex.quote(name.decode("utf-8"))
+    except UnicodeDecodeError:
+        # JSON can't carry these bytes: spell every byte that isn't plainly safe as \xNN.
+        safe = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-"
+        return "$'" + "".join(chr(b) if b in safe else f"\\x{b:02x}" for b in name) + "'"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def parent_of(path: bytes) -> bytes:
+    return path.rsplit(b"/", 1)[0] or b"/"
+
+
+def touch_time(ns: int) -> str:
+    """``@SEC.NNNNNNNNN`` for ``touch -d``, exact to the nanosecond (sign applies to the whole)."""
+    sign = "-" if ns < 0 else ""
+    sec, frac = divmod(abs(ns), 10**9)
+    return f"@{sign}{sec}.{frac:09d}"
+
+
+def parse_time_ns(field: bytes) -> int:
+    """``find``'s ``%A@``/``%T@``/``%C@`` (``<tv_sec>.<tv_nsec, 10 digits>``) as exact ns."""
+    sec, _, frac = field.partition(b".")
+    return int(sec) * 10**9 + int((frac + b"000000000")[:9])
+
+
+# -- the prelude: helpers every fragment may call -----------------------------------------
+
+# find -printf fields of one node, each NUL-terminated: type, permission bits (octal), size,
+# nlink, uid, gid, atime, mtime, ctime, inode, symlink target. Kept in $F with literal '\0'.
+_ATTR_FMT = r"%y\0%m\0%s\0%n\0%U\0%G\0%A@\0%T@\0%C@\0%i\0%l\0"
+
+# Tool failures the script could not rule out beforehand, by the C-locale strerror suffix.
+_STRERROR_EXIT = [
+    ("No such file or directory", E.ENOENT), ("Not a directory", E.ENOTDIR),
+    ("File exists", E.EEXIST), ("Is a directory", E.EISDIR),
+    ("Directory not empty", E.ENOTEMPTY), ("Permission denied", E.EACCES),
+    ("Operation not permitted", E.EPERM), ("No space left on device", E.ENOSPC),
+    ("Disk quota exceeded", E.EDQUOT), ("Read-only file system", E.EROFS),
+    ("File name too long", E.ENAMETOOLONG), ("Too many levels of symbolic links", E.ELOOP),
+    ("Too many links", E.EMLINK), ("File too large", E.EFBIG), ("Text file busy", E.ETXTBSY),
+    ("Device or resource busy", E.EBUSY),
+    ("Invalid argument", E.EINVAL),
+]
+
+PRELUDE = "\n".join([
+    f"F='{_ATTR_FMT}'",
+    # _x P: P exists (a dangling symlink counts).
+    '_x() { [ -e "$1" ] || [ -L "$1" ]; }',
+    # _ne P: exit with the errno of looking up the missing P: walk up to the deepest existing
+    # ancestor; a directory there means ENOENT, anything else ENOTDIR.
+    '_ne() { local d=$1; while d=${d%/*}; [ -n "$d" ] && [ ! -e "$d" ]; do :; done;'
+    ' if [ -z "$d" ] || [ -d "$d" ]; then exit 2; fi; exit 20; }',
+    # _pd D: D is a directory we may create entries in.
+    '_pd() { [ -e "$1" ] || _ne "$1"; [ -d "$1" ] || exit 20; [ -w "$1" ] && [ -x "$1" ] || exit 13; }',
+    # _st P: print P's attrs record (never following a final symlink).
+    '_st() { find "$1" -maxdepth 0 -printf "A\\0$F" 2>/dev/null || { _x "$1" || _ne "$1"; exit 5; }; }',
+    # _t CMD...: run a tool with stdout discarded; on failure exit with the errno its message ends with.
+    '_t() { local m; m=$("$@" 2>&1 >/dev/null) && return 0; printf "%s\\n" "$m" >&2; case $m in '
+    + " ".join(f'*": {text}") exit {code};;' for text, code in _STRERROR_EXIT)
+    + " esac; exit 5; }",
+    # _py N CODE ARGS...: a python3 snippet, whose exit status is already an errno; N is the
+    # errno for a VM without python3.
+    '_py() { local n=$1; shift; command -v python3 >/dev/null || exit $n; python3 -I -S -c "$@" || exit $?; }',
+])
+
+# Wrapped around every python3 snippet: arguments arrive base64-encoded in ``a``, records go
+# out through ``out``, an OSError exits with its errno, anything else with EIO.
+_PY_HEAD = """import os,sys,base64
+a=[base64.b64decode(x) for x in sys.argv[1:]]
+def out(*f):
+    sys.stdout.buffer.write(b''.join(x+b'\\0' for x in f))
+try:
+"""
+_PY_TAIL = """
+    sys.stdout.flush()
+except OSError as e:
+    sys.exit(e.errno if 0<e.errno<256 else 5)
+except Exception:
+    import traceback
+    traceback.print_exc()
+    sys.exit(5)
+"""
+
+
+def _python(missing: int, body: str, *args: bytes) -> str:
+    """Shell running python3 ``body`` on ``args``; exit ``missing`` where python3 is absent."""
+    code = _PY_HEAD + "\n".join("    " + line for line in body.strip().splitlines()) + _PY_TAIL
+    return f"_py {missing} " + " ".join(shlex.quote(word) for word in [code, *(b64(a) for a in args)])
+
+
+# -- fragments, scripts and output framing --------------------------------------------------
+
+Record = tuple[bytes, list[bytes]]
+ARITY = {b"A": 11, b"E": 12, b"V": 1, b"S": 8, b"P": 1, b"X": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """One operation: shell ``body`` (runs in its own subshell) and ``parse`` of its records.
+
+    ``parse`` is called only when the fragment's status is 0."""
+
+    body: str
+    parse: Callable[[list[Record]], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one fragment printed: its exit status and its records."""
+
+    status: int
+    records: list[Record]
+
+
+class FramingError(ValueError):
+    """The output does not follow the record framing (truncated, or stray output)."""
+
+
+def script(fragments: Sequence[Fragment]) -> str:
+    """The command for one run executing ``fragments`` in order."""
+    parts = ["( export LC_ALL=C", PRELUDE]
+    for frag in fragments:
+        # ":" last: a fragment fails only through an explicit "exit N", never by a stray status
+        parts.append(f"( {frag.body}\n: ); _s=$?; printf 'X\\0%d\\0' $_s")
+    parts.append("exit $_s ) </dev/null")
+    return "\n".join(parts)
+
+
+def parse_output(stdout: bytes) -> list[Outcome]:
+    """Split a script's stdout into one ``Outcome`` per fragment that finished."""
+    fields = stdout.split(b"\0")
+    if fields[-1] != b"":
+        raise FramingError(f"output does not end with a NUL: ...{stdout[-40:]!r}")
+    outcomes: list[Outcome] = []
+    records: list[Record] = []
+    i, end = 0, len(fields) - 1
+    while i < end:
+        tag = fields[i]
+        arity = ARITY.get(tag)
+        if arity is None or i + 1 + arity > end:
+            raise FramingError(f"bad record at field {i}: {tag[:40]!r}")
+        body = fields[i + 1 : i + 1 + arity]
+        i += 1 + arity
+        if tag == b"X":
+            outcomes.append(Outcome(int(body[0]), records))
+            records = []
+        else:
+            records.append((tag, body))
+    if records:
+        raise FramingError("records after the last fragment status")
+    return outcomes
+
+
+# -- attribute records ------------------------------------------------------------------------
+
+_TYPE_BITS = {
+    b"f": stat.S_IFREG, b"d": stat.S_IFDIR, b"l": stat.S_IFLNK, b"p": stat.S_IFIFO,
+    b"s": stat.S_IFSOCK, b"b": stat.S_IFBLK, b"c": stat.S_IFCHR,
+}
+
+
+def parse_attrs(fields: Sequence[bytes]) -> Attrs:
+    """The 11 fields of ``_ATTR_FMT`` as ``Attrs``; FramingError for an unknown file type."""
+    kind, perm, size, nlink, uid, gid, atime, mtime, ctime, ino, target = fields
+    if kind not in _TYPE_BITS:
+        raise FramingError(f"unknown file type {kind!r}")
+    return Attrs(
+        mode=_TYPE_BITS[kind] | int(perm, 8), size=int(size), nlink=int(nlink),
+        uid=int(uid), gid=int(gid), atime_ns=parse_time_ns(atime), mtime_ns=parse_time_ns(mtime),
+        ctime_ns=parse_time_ns(ctime), remote_ino=int(ino),
+        symlink_target=target if kind == b"l" else None,
+    )
+
+
+def _only(records: list[Record], tag: bytes) -> list[bytes]:
+    found = [fields for t, fields in records if t == tag]
+    if len(found) != 1:
+        raise FramingError(f"expected one {tag!r} record, got {len(found)}")
+    return found[0]
+
+
+def _attrs(records: list[Record]) -> Attrs:
+    return parse_attrs(_only(records, b"A"))
+
+
+def _nothing(records: list[Record]) -> None:
+    return None
+
+
+def _listing(records: list[Record]) -> tuple[Attrs, list[Entry]]:
+    own = _attrs(records)
+    entries = []
+    for tag, fields in records:
+        if tag == b"E" and fields[1] in _TYPE_BITS:  # an entry find could not stat is skipped
+            entries.append(Entry(fields[0], parse_attrs(fields[1:])))
+    return own, entries
+
+
+# -- fragment builders ------------------------------------------------------------------------
+# Each returns a Fragment whose body assumes the PRELUDE. Paths are absolute VM paths as bytes.
+
+def lstat(path: bytes) -> Fragment:
+    return Fragment(f"p={quote(path)}; _st \"$p\"", _attrs)
+
+
+def list_dir(path: bytes) -> Fragment:
+    hide = " ! -name .arkerfs" if path == HOME_B else ""
+    return Fragment(
+        f"p={quote(path)}; _x \"$p\" || _ne \"$p\"\n"
+        '{ [ -d "$p" ] && [ ! -L "$p" ]; } || exit 20\n'
+        '[ -r "$p" ] && [ -x "$p" ] || exit 13\n'
+        f'find "$p" -mindepth 1 -maxdepth 1{hide} -printf "E\\0%f\\0$F" 2>/dev/null'
+        ' || { _x "$p" || _ne "$p"; }\n'
+        '_st "$p"',  # after the listing, whose read may have moved the directory's atime
+        _listing,
+    )
+
+
+def readlink(path: bytes) -> Fragment:
+    def parse(records: list[Record]) -> bytes:
+        target = _attrs(records).symlink_target
+        if target is None:
+            raise FramingError("readlink of a non-link")
+        return target
+
+    return Fragment(f'p={quote(path)}; _x "$p" || _ne "$p"; [ -L "$p" ] || exit 22; _st "$p"', parse)
+
+
+def statfs(path: bytes = HOME_B) -> Fragment:
+    def parse(records: list[Record]) -> StatFs:
+        bsize, frsize, blocks, bfree, bavail, files, ffree, namemax = map(int, _only(records, b"S"))
+        return StatFs(bsize, frsize, blocks, bfree, bavail, files, ffree, namemax)
+
+    return Fragment(
+        r"stat -f --printf='S\0%s\0%S\0%b\0%f\0%a\0%c\0%d\0%l\0' -- " + quote(path) + " || exit 5",
+        parse,
+    )
+
+
+def mkdir(path: bytes, mode: int) -> Fragment:
+    return Fragment(
+        f"p={quote(path)}; _x \"$p\" && exit 17; _pd {quote(parent_of(path))}\n"
+        f'_t mkdir -m {mode & 0o7777:05o} -- "$p"; _st "$p"',
+        _attrs,
+    )
+
+
+def rmdir(path: bytes) -> Fragment:
+    return Fragment(
+        f"p={quote(path)}; _x \"$p\" || _ne \"$p\"\n"
+        '{ [ -d "$p" ] && [ ! -L "$p" ]; } || exit 20\n'
+        f"_pd {quote(parent_of(path))}\n"
+        '[ -z "$(find "$p" -mindepth 1 -maxdepth 1 -printf x -quit 2>/dev/null)" ] || exit 39\n'
+        '_t rmdir -- "$p"',
+        _nothing,
+    )
+
+
+def unlink(path: bytes) -> Fragment:
+    return Fragment(
+        f"p={quote(path)}; _x \"$p\" || _ne \"$p\"\n"
+        '[ -d "$p" ] && [ ! -L "$p" ] && exit 21\n'
+        f"_pd {quote(parent_of(path))}\n"
+        '_t rm -f -- "$p"',
+        _nothing,
+    )
+
+
+def rename(old: bytes, new: bytes, flags: int = 0) -> Fragment:
+    """POSIX rename(2) with RENAME_NOREPLACE by checks + ``mv``; RENAME_EXCHANGE by renameat2."""
+    if flags == RENAME_EXCHANGE:
+        code = """
+import ctypes
+f=getattr(ctypes.CDLL(None,use_errno=True),'renameat2',None)
+if f is None:
+    sys.exit(22)
+if f(-100,a[0],-100,a[1],2)!=0:
+    e=ctypes.get_errno()
+    sys.exit(22 if e in (38,95) else e)
+"""
+        return Fragment(_python(E.EINVAL, code, old, new), _nothing)
+    if flags not in (0, RENAME_NOREPLACE):
+        raise ValueError(f"rename flags {flags}")
+    noreplace = flags == RENAME_NOREPLACE
+    return Fragment(
+        f"o={quote(old)}; n={quote(new)}; _x \"$o\" || _ne \"$o\"\n"
+        f"_pd {quote(parent_of(old))}; _pd {quote(parent_of(new))}\n"
+        'od=; [ -d "$o" ] && [ ! -L "$o" ] && od=1\n'
+        'if _x "$n"; then\n'
+        + ("  exit 17\n" if noreplace else "")
+        # two names of one file: rename does nothing and succeeds
+        + '  set -- $(stat -c %d:%i -- "$o" "$n"); [ -n "$2" ] && [ "$1" = "$2" ] && exit 0\n'
+        '  if [ -n "$od" ]; then { [ -d "$n" ] && [ ! -L "$n" ]; } || exit 20\n'
+        '    [ -z "$(find "$n" -mindepth 1 -maxdepth 1 -printf x -quit 2>/dev/null)" ] || exit 39\n'
+        '  elif [ -d "$n" ] && [ ! -L "$n" ]; then exit 21; fi\n'
+        "fi\n"
+        '[ -n "$od" ] && case $n in "$o"/*) exit 22;; esac\n'
+        + ('_t mv -n -T -- "$o" "$n"; _x "$o" && exit 17' if noreplace else '_t mv -f -T -- "$o" "$n"'),
+        _nothing,
+    )
+
+
+def symlink(target: bytes, path: bytes) -> Fragment:
+    return Fragment(
+        f"p={quote(path)}; _x \"$p\" && exit 17; _pd {quote(parent_of(path))}\n"
+        f'_t ln -s -T -- {quote(target)} "$p"; _st "$p"',
+        _attrs,
+    )
+
+
+def link(existing: bytes, new: bytes) -> Fragment:
+    return Fragment(
+        f"e={quote(existing)}; n={quote(new)}; _x \"$e\" || _ne \"$e\"\n"
+        '[ -d "$e" ] && [ ! -L "$e" ] && exit 1\n'
+        f'_x "$n" && exit 17; _pd {quote(parent_of(new))}\n'
+        '_t ln -P -T -- "$e" "$n"; _st "$n"',
+        _attrs,
+    )
+
+
+def mknod(path: bytes, mode: int) -> Fragment:
+    """Fifos by ``mkfifo``, sockets by python3 ``os.mknod`` (bind() would cap the path at 108
+    bytes); the caller refuses every other type."""
+    perm = mode & 0o7777
+    if stat.S_ISFIFO(mode):
+        make = f'_t mkfifo -m {perm:05o} -- "$p"'
+    elif stat.S_ISSOCK(mode):
+        make = _python(E.EPERM, f"os.mknod(a[0],{stat.S_IFSOCK | perm})\nos.chmod(a[0],{perm})", path)
+    else:
+        raise ValueError(f"mknod type {stat.S_IFMT(mode):o}")
+    return Fragment(
+        f"p={quote(path)}; _x \"$p\" && exit 17; _pd {quote(parent_of(path))}\n{make}; _st \"$p\"",
+        _attrs,
+    )
+
+
+def create_empty(path: bytes, mode: int | None, *, exclusive: bool = True) -> Fragment:
+    """An empty regular file. Exclusive: O_EXCL (bash noclobber), EEXIST if anything exists.
+    Otherwise an existing file is truncated (a directory is EISDIR). ``mode`` None keeps an
+    existing file's mode and gives a new one 0644, as a sync write would."""
+    head = f"p={quote(path)}; "
+    if exclusive:
+        head += "_x \"$p\" && exit 17; n=1; "
+    else:
+        head += 'n=; _x "$p" || n=1; [ -d "$p" ] && exit 21; '
+    chmod = (f'_t chmod {mode & 0o7777:05o} -- "$p"' if mode is not None
+             else '[ -z "$n" ] || _t chmod 00644 -- "$p"')
+    create = "_t _excl \"$p\"" if exclusive else '_t truncate -s 0 -- "$p"'
+    return Fragment(
+        head + f"_pd {quote(parent_of(path))}\n"
+        "_excl() { set -C; : > \"$1\"; }\n"
+        f"{create}; {chmod}; _st \"$p\"",
+        _attrs,
+    )
+
+
+def setattr(path: bytes, *, mode: int | None = None, uid: int | None = None,
+            gid: int | None = None, size: int | None = None,
+            atime_ns: int | None = None, mtime_ns: int | None = None) -> Fragment:
+    """Every change in one fragment: checks first (so a refused change changes nothing), then
+    chown, truncate, chmod (after chown, which may clear set-id bits), touch (last: truncate
+    moves mtime). Owner and times never follow a final symlink; chmod of a symlink is skipped."""
+    lines = [f'p={quote(path)}; _x "$p" || _ne "$p"']
+    if size is not None:
+        lines.append('[ -L "$p" ] && exit 22; [ -d "$p" ] && exit 21; [ -f "$p" ] || exit 22')
+    if uid is not None or gid is not None:
+        owner = ("" if uid is None else f"+{uid}") + ("" if gid is None else f":+{gid}")
+        lines.append(f'_t chown -h {owner} -- "$p"')
+    if size is not None:
+        lines.append(f'_t truncate -s {size} -- "$p"')
+    if mode is not None:
+        lines.append(f'[ -L "$p" ] || _t chmod {mode & 0o7777:05o} -- "$p"')
+    if atime_ns is not None and atime_ns == mtime_ns:
+        lines.append(f'_t touch -h -c -d {touch_time(atime_ns)} -- "$p"')
+    else:
+        if atime_ns is not None:
+            lines.append(f'_t touch -h -c -a -d {touch_time(atime_ns)} -- "$p"')
+        if mtime_ns is not None:
+            lines.append(f'_t touch -h -c -m -d {touch_time(mtime_ns)} -- "$p"')
+    lines.append('_st "$p"')
+    return Fragment("\n".join(lines), _attrs)
+
+
+# -- extended attributes (python3: coreutils has no xattr tools) --------------------------
+
+def getxattr(path: bytes, name: bytes) -> Fragment:
+    def parse(records: list[Record]) -> bytes:
+        return base64.b64decode(_only(records, b"V")[0])
+
+    code = "out(b'V',base64.b64encode(os.getxattr(a[0],a[1],follow_symlinks=False)))"
+    return Fragment(_python(E.ENOTSUP, code, path, name), parse)
+
+
+def setxattr(path: bytes, name: bytes, value: bytes, flags: int = 0) -> Fragment:
+    code = f"os.setxattr(a[0],a[1],a[2],{flags & (XATTR_CREATE | XATTR_REPLACE)},follow_symlinks=False)"
+    return Fragment(_python(E.ENOTSUP, code, path, name, value), _nothing)
+
+
+def listxattr(path: bytes) -> Fragment:
+    def parse(records: list[Record]) -> list[bytes]:
+        return [base64.b64decode(fields[0]) for tag, fields in records if tag == b"V"]
+
+    code = "for n in os.listxattr(a[0],follow_symlinks=False):\n    out(b'V',base64.b64encode(os.fsencode(n)))"
+    return Fragment(_python(E.ENOTSUP, code, path), parse)
+
+
+def removexattr(path: bytes, name: bytes) -> Fragment:
+    return Fragment(_python(E.ENOTSUP, "os.removexattr(a[0],a[1],follow_symlinks=False)", path, name), _nothing)
+
+
+# -- contents of paths the sync API cannot carry --------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class StagedRead:
+    """A run-based read: the file's attrs and either its bytes or where a copy was staged."""
+
+    attrs: Attrs
+    content: bytes | None
+    staged: bytes | None
+
+
+def stage_sweep(directory: bytes) -> str:
+    """Shell that drops staging files older than a day (left behind by a crash)."""
+    return f"find {quote(directory)} -mindepth 1 -maxdepth 1 -mmin +1440 -delete 2>/dev/null"
+
+
+def read_small_or_stage(path: bytes, staging: bytes, inline_max: int) -> Fragment:
+    """Up to ``inline_max`` bytes come back base64 in the output (one run in all); a larger file
+    is hard-linked (or copied) to ``staging`` for a sync read of that ASCII path. Safe to
+    repeat: the link replaces an earlier one of the same name."""
+    def parse(records: list[Record]) -> StagedRead:
+        attrs = _attrs(records)
+        values = [fields[0] for tag, fields in records if tag == b"V"]
+        staged = [fields[0] for tag, fields in records if tag == b"P"]
+        if len(values) + len(staged) != 1:
+            raise FramingError("read fragment printed neither content nor a staged path")
+        return StagedRead(attrs, base64.b64decode(values[0]) if values else None,
+                          staged[0] if staged else None)
+
+    return Fragment(
+        f"p={quote(path)}; s={quote(staging)}; _x \"$p\" || _ne \"$p\"\n"
+        '[ -d "$p" ] && exit 21; [ -f "$p" ] || exit 22; [ -r "$p" ] || exit 13\n'
+        '_st "$p"; z=$(stat -L -c %s -- "$p") || exit 5\n'
+        f'if [ "$z" -le {inline_max} ]; then c=$(base64 -w0 -- "$p") || exit 5; printf "V\\0%s\\0" "$c"\n'
+        f"else _t mkdir -p -- {quote(parent_of(staging))}; {stage_sweep(parent_of(staging))}\n"
+        '  ln -f -P -T -- "$p" "$s" 2>/dev/null || _t cp -f -- "$p" "$s"; printf "P\\0%s\\0" "$s"; fi',
+        parse,
+    )
+
+
+def remove_staged(staging: bytes) -> Fragment:
+    return Fragment(f"rm -f -- {quote(staging)}", _nothing)
+
+
+def make_staging_dir() -> Fragment:
+    return Fragment(f"_t mkdir -p -- {quote(STAGING)}; {stage_sweep(STAGING)}", _nothing)
+
+
+def commit_staged(staging: bytes, path: bytes, mode: int | None) -> Fragment:
+    """Move an uploaded staging file over ``path`` (a rename: atomic), keeping the old file's
+    mode unless ``mode`` is given; the staging file is removed whatever happens."""
+    chmod = (f'_t chmod {mode & 0o7777:05o} -- "$s"' if mode is not None
+             else '[ -f "$p" ] && [ ! -L "$p" ] && { _t chmod --reference="$p" -- "$s"; }')
+    return Fragment(
+        f"s={quote(staging)}; p={quote(path)}; trap 'rm -f -- \"$s\"' EXIT\n"
+        '[ -f "$s" ] || exit 5; [ -d "$p" ] && [ ! -L "$p" ] && exit 21\n'
+        f"_pd {quote(parent_of(path))}; {chmod}\n"
+        '_t mv -f -T -- "$s" "$p"; _st "$p"',
+        _attrs,
+    )
+
+
+def check_result(fragment: Fragment, outcome: Outcome) -> Any:
+    """``fragment``'s parsed value, or FsError for its status (FramingError on bad records)."""
+    if outcome.status != 0:
+        raise FsError(errno_for_exit(outcome.status), f"script exit {outcome.status}")
+    return fragment.parse(outcome.records)
