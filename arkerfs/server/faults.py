@@ -1,0 +1,92 @@
+"""Test hooks: injected latency/failures and per-route call statistics (``/_local/``).
+
+Faults are checked at the top of each API and blob handler, before anything with a side
+effect, so an injected failure guarantees the request did not execute (its envelope says
+``"recovery": {"work": "not_started"}``). Draws come from ``random.Random(seed)`` so a test
+that sets a seed sees the same sequence every time.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import trio
+
+from arkerfs.server.errors import CODE_FOR_STATUS, ApiError, reason
+
+ROUTES = ("run", "sync_read", "sync_write", "presigned_get", "presigned_put", "fork", "delete", "list")
+FAULT_FIELDS = ("latency_ms", "fail_rate", "fail_status", "busy_rate", "seed")
+MAX_LATENCY_MS = 60_000
+
+
+@dataclass
+class Stats:
+    calls: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROUTES, 0))
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def body(self) -> dict:
+        return {"ok": True, "calls": dict(self.calls), "bytes_in": self.bytes_in, "bytes_out": self.bytes_out}
+
+
+def _number(spec: dict, key: str, lo: float, hi: float, default: float) -> float:
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise ApiError("bad_request", f"{key} must be a number from {lo:g} to {hi:g}")
+    return value
+
+
+@dataclass
+class Faults:
+    """The active fault settings; each POST /_local/faults replaces all of them."""
+
+    latency_ms: float = 0.0
+    fail_rate: float = 0.0
+    fail_status: int = 503
+    busy_rate: float = 0.0
+    seed: int | None = None
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    @classmethod
+    def from_request(cls, spec: object) -> "Faults":
+        """Validate a POST body; missing fields take their defaults, so ``{}`` clears everything."""
+        if not isinstance(spec, dict):
+            raise ApiError("bad_request", "faults must be a JSON object")
+        unknown = set(spec) - set(FAULT_FIELDS)
+        if unknown:
+            raise ApiError("bad_request", f"unknown fault fields: {', '.join(sorted(unknown))}")
+        status = spec.get("fail_status", 503)
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+            raise ApiError("bad_request", "fail_status must be an integer HTTP status from 400 to 599")
+        seed = spec.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ApiError("bad_request", "seed must be an integer or null")
+        return cls(
+            latency_ms=_number(spec, "latency_ms", 0, MAX_LATENCY_MS, 0),
+            fail_rate=_number(spec, "fail_rate", 0, 1, 0),
+            fail_status=status,
+            busy_rate=_number(spec, "busy_rate", 0, 1, 0),
+            seed=seed,
+            rng=random.Random(seed),
+        )
+
+    def body(self) -> dict:
+        return {
+            "latency_ms": self.latency_ms, "fail_rate": self.fail_rate, "fail_status": self.fail_status,
+            "busy_rate": self.busy_rate, "seed": self.seed,
+        }
+
+    async def apply(self, route: str) -> None:
+        """Delay, then maybe fail this request; called before the handler does anything."""
+        if self.latency_ms:
+            await trio.sleep(self.latency_ms / 1000)
+        if self.fail_rate and self.rng.random() < self.fail_rate:
+            status = self.fail_status
+            raise ApiError(
+                CODE_FOR_STATUS.get(status, "internal"),
+                f"{reason(status)} (injected fault)",
+                status=status, recovery={"work": "not_started"},
+            )
+        if route == "run" and self.busy_rate and self.rng.random() < self.busy_rate:
+            raise ApiError("vm_busy", "VM is busy (injected fault)", recovery={"work": "not_started"})

@@ -1,0 +1,137 @@
+"""Start a local server on trio: ``serve(config)`` for both the command and embedded use.
+
+The mount daemon's embedded mode runs ``await nursery.start(serve, config)`` and gets the
+base URL back once the socket is bound (port 0 works); cancelling the task stops the server.
+The command passes a ``shutdown_trigger`` so SIGTERM/SIGINT drain requests gracefully.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from arkerfs.server.app import create_app
+from arkerfs.server.config import ServerConfig, StartupError
+from arkerfs.server.faults import Faults
+from arkerfs.server.runner import Runner
+from arkerfs.server.state import ServerState
+from arkerfs.server.store import VmStore
+from arkerfs.server.tokens import Signer, load_secret
+from arkerfs.server.uploads import Uploads
+
+log = logging.getLogger("arkerfs.server")
+# Paths runs already see as fresh tmpfs mounts, so nothing below them needs hiding again.
+_PRIVATE_IN_SANDBOX = (Path("/tmp"), Path("/home"))
+SWEEP_INTERVAL = 30.0
+
+
+def _tool(name: str, why: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise StartupError(f"{name} not found on PATH; {why}")
+    return path
+
+
+async def _probe_bwrap(bwrap: str) -> None:
+    """Refuse to start where bubblewrap cannot build the sandbox runs need (e.g. no user namespaces)."""
+    probe = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-net",
+             "--unshare-pid", "--die-with-parent", "/bin/true"]
+    result = await trio.run_process(probe, capture_stderr=True, check=False)
+    if result.returncode != 0:
+        detail = result.stderr.decode(errors="replace").strip().splitlines()
+        raise StartupError(f"bubblewrap cannot create a sandbox on this host: {detail[-1] if detail else result.returncode}")
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """An exclusive lock on the data dir: two servers would corrupt each other's staging."""
+    fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StartupError(f"data dir {data_dir} is in use by another arkerfs serve") from None
+    return fd
+
+
+def _needs_hiding(path: Path) -> bool:
+    return not any(path == p or p in path.parents for p in _PRIVATE_IN_SANDBOX)
+
+
+def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
+    hc = HypercornConfig()
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    hc.bind = [f"{host}:{config.port}"]
+    hc.accesslog = None  # request lines carry nothing useful, and headers must never be logged
+    hc.errorlog = logging.getLogger("arkerfs.server.http")  # whatever logging the process set up
+    hc.graceful_timeout = 5.0
+    return hc
+
+
+def build_state(config: ServerConfig, data_dir: Path, bwrap: str, cp: str) -> ServerState:
+    """Open (or create) everything under ``data_dir``; blocking, done once at start."""
+    staging = data_dir / "staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    store = VmStore(data_dir, cp)
+    store.load()
+    hidden_files = [p.resolve() for p in config.hidden_files]
+    runner = Runner(
+        bwrap,
+        hidden_dirs=[str(data_dir)] if _needs_hiding(data_dir) else [],
+        hidden_files=[str(p) for p in hidden_files if _needs_hiding(p) and data_dir not in p.parents],
+        work_dir=staging,
+        ceiling=config.run_timeout_ceiling,
+    )
+    return ServerState(
+        config=config, store=store, runner=runner,
+        uploads=Uploads(staging, ttl=config.presign_ttl),
+        signer=Signer(load_secret(data_dir)),
+        faults=Faults(latency_ms=config.latency_ms),
+    )
+
+
+async def _sweep(uploads: Uploads) -> None:
+    """Drop long-expired uploads now and then, so abandoned staging files do not pile up."""
+    while True:
+        await trio.sleep(SWEEP_INTERVAL)
+        for path in uploads.sweep():
+            await trio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
+
+
+async def serve(
+    config: ServerConfig,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``shutdown_trigger`` returns or the task is cancelled; reports the base URL."""
+    bwrap = _tool("bwrap", "arkerfs serve runs VM commands under bubblewrap (apt-get install bubblewrap)")
+    cp = _tool("cp", "forks copy VM homes with cp")
+    await _probe_bwrap(bwrap)
+    data_dir = config.data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = _lock_data_dir(data_dir)
+    try:
+        state = await trio.to_thread.run_sync(build_state, config, data_dir, bwrap, cp)
+        app = create_app(state)
+        async with trio.open_nursery() as nursery:
+
+            async def http(task_status: trio.TaskStatus[list[str]]) -> None:
+                await hypercorn_serve(app, _hypercorn_config(config), shutdown_trigger=shutdown_trigger, task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            binds = await nursery.start(http)
+            nursery.start_soon(_sweep, state.uploads)
+            log.info("serving data dir %s on %s", data_dir, binds[0])
+            task_status.started(binds[0])
+    finally:
+        os.close(lock)
