@@ -1,0 +1,53 @@
+"""``arkerfs demo``: mount a local VM named ``demo`` at ./demo-mnt and say what to try.
+
+Runs ``arkerfs mount --local demo <mnt>`` (detached): the embedded server keeps its data under
+``$XDG_DATA_HOME/arkerfs/server``. The mount point is ``$ARKERFS_DEMO_MNT`` if set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+
+VM_NAME = "demo"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mountpoint", default=None,
+                        help="where to mount (default: $ARKERFS_DEMO_MNT or ./demo-mnt)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from arkerfs.mount import command, runtime
+
+    mnt = os.path.realpath(args.mountpoint or os.environ.get("ARKERFS_DEMO_MNT") or "demo-mnt")
+    entry = runtime.mount_entry(mnt)
+    if entry is not None and entry[1] == "fuse.arkerfs":
+        print(f"arkerfs demo: already mounted at {mnt}")
+        print(hints(mnt))
+        return 0
+    os.makedirs(mnt, exist_ok=True)
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    code = command.run(parser.parse_args(["--local", VM_NAME, mnt]))
+    if code == 0:
+        print(hints(mnt))
+    return code
+
+
+def hints(mnt: str) -> str:
+    q = shlex.quote(mnt)
+    return f"""
+The demo VM's /home/user is mounted at {mnt}. Try:
+
+  ls -l {q}
+  echo hello > {q}/hello.txt && cat {q}/hello.txt
+  vim {q}/notes.txt
+  rsync -a ./some-dir/ {q}/some-dir/
+  df -h {q}
+
+When you are done:
+
+  arkerfs umount {q}      (or: python -m arkerfs umount {q})
+"""

@@ -1,0 +1,111 @@
+"""Local write buffers: the whole new content of a file being written, until it is uploaded.
+
+The remote only replaces whole files, so every change (a write at any offset, an append, a
+truncate) is applied here and the complete content is pushed as one upload. Small contents live
+in memory; past ``MEMORY_LIMIT`` they move to a named file in the private spool directory, which
+is also what a large upload streams from.
+
+Concurrency contract: every method is synchronous. Callers hold the owning file's
+``trio.Lock`` across a mutation and across the upload that reads ``source()``, so an upload
+never sees a half-applied write.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+
+MEMORY_LIMIT = 4 * 1024 * 1024
+
+
+class WriteBuffer:
+    """A growable byte buffer with a dirty flag (set by changes, cleared by a good upload)."""
+
+    def __init__(self, spool_dir: str) -> None:
+        self._spool_dir = spool_dir
+        self._mem: bytearray | None = bytearray()
+        self._file = None  # NamedTemporaryFile once spilled
+        self.size = 0
+        self.dirty = False
+        self.mtime_ns = time.time_ns()
+
+    @property
+    def spilled(self) -> bool:
+        return self._file is not None
+
+    def read(self, offset: int, length: int) -> bytes:
+        length = min(length, max(self.size - offset, 0))
+        if length <= 0:
+            return b""
+        if self._mem is not None:
+            return bytes(self._mem[offset:offset + length])
+        return os.pread(self._file.fileno(), length, offset)
+
+    def write(self, offset: int, data: bytes) -> int:
+        """Write at ``offset``; a gap past the end reads back as zeros (sparse extension)."""
+        end = offset + len(data)
+        if self._mem is not None and end > MEMORY_LIMIT:
+            self._spill()
+        if self._mem is not None:
+            if offset > len(self._mem):
+                self._mem.extend(bytes(offset - len(self._mem)))
+            self._mem[offset:end] = data
+        else:
+            os.pwrite(self._file.fileno(), data, offset)
+        self.size = max(self.size, end)
+        self._changed()
+        return len(data)
+
+    def truncate(self, size: int) -> None:
+        if self._mem is not None and size > MEMORY_LIMIT:
+            self._spill()
+        if self._mem is not None:
+            if size < len(self._mem):
+                del self._mem[size:]
+            else:
+                self._mem.extend(bytes(size - len(self._mem)))
+        else:
+            os.ftruncate(self._file.fileno(), size)
+        self.size = size
+        self._changed()
+
+    def source(self) -> bytes | pathlib.Path:
+        """What to upload: the bytes, or the path of the spool file holding them."""
+        if self._mem is not None:
+            return bytes(self._mem)
+        self._file.flush()
+        return pathlib.Path(self._file.name)
+
+    def rescue(self, rescue_dir: str, label: str) -> str:
+        """Copy the content to a new file under ``rescue_dir`` (0600) and return its path."""
+        os.makedirs(rescue_dir, mode=0o700, exist_ok=True)
+        fd, path = tempfile.mkstemp(dir=rescue_dir, prefix=label + ".")
+        with os.fdopen(fd, "wb") as out:
+            if self._mem is not None:
+                out.write(self._mem)
+            else:
+                self._file.flush()
+                self._file.seek(0)
+                shutil.copyfileobj(self._file, out)
+            out.flush()
+            os.fsync(out.fileno())
+        return path
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._mem = None
+
+    def _spill(self) -> None:
+        self._file = tempfile.NamedTemporaryFile(dir=self._spool_dir, prefix="write-", delete=True)
+        self._file.write(self._mem)
+        self._file.flush()
+        self._mem = None
+
+    def _changed(self) -> None:
+        self.dirty = True
+        self.mtime_ns = time.time_ns()

@@ -1,0 +1,219 @@
+"""Metadata caches keyed by remote path: attributes, directory listings, negative lookups, statfs.
+
+``cachetools.TTLCache`` is used only as a data structure (its ``cached`` decorator would cache
+coroutine objects). Fills are single-flight: concurrent misses for one key share one remote
+call. The timer is injectable so tests can drive expiry without sleeping.
+
+Consistency model: an entry is trusted for ``ttl`` seconds after the remote reported it, so a
+change made inside the VM shows up here at most ``ttl`` later. The mount's own changes are
+applied to the caches at once (``added``/``removed``/``renamed``), so they are never stale.
+
+Concurrency contract: methods are synchronous (atomic between awaits). A fill that raced with a
+local mutation must not store its older result over the newer state: every mutation bumps
+``generation``, and ``store_*`` calls carry the generation seen when their fill started and are
+dropped if it changed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
+
+import cachetools
+import trio
+
+from arkerfs.fs.errors import FsError
+from arkerfs.fs.model import Attrs, Entry, StatFs
+
+Timer = Callable[[], float]
+
+
+class SingleFlight:
+    """Concurrent callers of ``do(key, fn)`` share one execution of ``fn`` per key.
+
+    If the leading task is cancelled, a waiting task runs ``fn`` itself rather than inheriting a
+    cancellation that was not aimed at it.
+    """
+
+    def __init__(self) -> None:
+        self._inflight: dict[Hashable, _Flight] = {}
+
+    async def do(self, key: Hashable, fn: Callable[[], Awaitable[Any]]) -> Any:
+        while True:
+            flight = self._inflight.get(key)
+            if flight is None:
+                break
+            await flight.done.wait()
+            if flight.finished:
+                return flight.result()
+        flight = self._inflight[key] = _Flight()
+        try:
+            flight.value = await fn()
+            flight.finished = True
+        except Exception as exc:
+            flight.error = exc
+            flight.finished = True
+            raise
+        finally:
+            del self._inflight[key]
+            flight.done.set()
+        return flight.value
+
+
+class _Flight:
+    __slots__ = ("done", "finished", "value", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.finished = False
+        self.value: Any = None
+        self.error: Exception | None = None
+
+    def result(self) -> Any:
+        if self.error is None:
+            return self.value
+        if isinstance(self.error, FsError):  # a fresh copy: one exception object per raiser
+            raise FsError(self.error.errno, self.error.detail)
+        raise self.error
+
+
+def parent_of(path: bytes) -> bytes:
+    return path.rsplit(b"/", 1)[0]
+
+
+def name_of(path: bytes) -> bytes:
+    return path.rsplit(b"/", 1)[1]
+
+
+class MetaCache:
+    """Attributes, listings and negative entries by path, plus the statfs result."""
+
+    def __init__(self, ttl: float, *, statfs_ttl: float = 30.0, timer: Timer = time.monotonic,
+                 max_entries: int = 200_000, max_listings: int = 4096) -> None:
+        self.ttl = ttl
+        self.generation = 0
+        self._attrs: cachetools.TTLCache = cachetools.TTLCache(max_entries, ttl, timer=timer)
+        self._negative: cachetools.TTLCache = cachetools.TTLCache(max_entries // 4 or 1, ttl, timer=timer)
+        # dir path -> {name: Attrs} in listing order
+        self._listings: cachetools.TTLCache = cachetools.TTLCache(max_listings, ttl, timer=timer)
+        self._statfs: cachetools.TTLCache = cachetools.TTLCache(1, statfs_ttl, timer=timer)
+
+    # -- reads ----------------------------------------------------------------------------
+    def attrs(self, path: bytes) -> Attrs | None:
+        """Cached attributes of ``path``, from its own entry or its parent's listing."""
+        hit = self._attrs.get(path)
+        if hit is not None:
+            return hit
+        listing = self._listings.get(parent_of(path))
+        return None if listing is None else listing.get(name_of(path))
+
+    def is_absent(self, path: bytes) -> bool:
+        """True if ``path`` is known not to exist (negative entry, or missing from a fresh listing)."""
+        if path in self._negative:
+            return True
+        if path in self._attrs:
+            return False
+        listing = self._listings.get(parent_of(path))
+        return listing is not None and name_of(path) not in listing
+
+    def listing(self, path: bytes) -> list[Entry] | None:
+        listing = self._listings.get(path)
+        if listing is None:
+            return None
+        return [Entry(name, self._attrs.get(path + b"/" + name, attrs)) for name, attrs in listing.items()]
+
+    def statfs(self) -> StatFs | None:
+        return self._statfs.get("statfs")
+
+    # -- fills (carry the generation seen when the remote call started) -------------------
+    def store_attrs(self, path: bytes, attrs: Attrs, generation: int) -> None:
+        if generation == self.generation:
+            self._attrs[path] = attrs
+            self._negative.pop(path, None)
+
+    def store_absent(self, path: bytes, generation: int) -> None:
+        if generation == self.generation:
+            self._negative[path] = True
+            self._attrs.pop(path, None)
+
+    def store_listing(self, path: bytes, attrs: Attrs, entries: list[Entry], generation: int) -> None:
+        if generation != self.generation:
+            return
+        self._attrs[path] = attrs
+        self._listings[path] = {e.name: e.attrs for e in entries}
+        for e in entries:
+            child = path + b"/" + e.name
+            self._attrs[child] = e.attrs
+            self._negative.pop(child, None)
+
+    def store_statfs(self, value: StatFs) -> None:
+        self._statfs["statfs"] = value
+
+    # -- the mount's own changes ----------------------------------------------------------
+    def added(self, path: bytes, attrs: Attrs) -> None:
+        """``path`` now exists with ``attrs`` (create, mkdir, upload, setattr...)."""
+        self.generation += 1
+        self._attrs[path] = attrs
+        self._negative.pop(path, None)
+        listing = self._listings.get(parent_of(path))
+        if listing is not None:
+            listing[name_of(path)] = attrs
+
+    def removed(self, path: bytes, *, is_dir: bool = True) -> None:
+        """``path`` is gone; anything cached below it too (scanned only when ``is_dir``)."""
+        self.generation += 1
+        self._forget_subtree(path, is_dir)
+        self._negative[path] = True
+        listing = self._listings.get(parent_of(path))
+        if listing is not None:
+            listing.pop(name_of(path), None)
+
+    def renamed(self, old: bytes, new: bytes) -> None:
+        """``old`` moved to ``new`` (replacing it). Cached entries below either are dropped:
+        they are refetched under their new names on demand."""
+        attrs = self.attrs(old)
+        self.removed(new)
+        self.removed(old, is_dir=attrs is None or attrs.is_dir)
+        if attrs is not None:
+            self.added(new, attrs)
+        else:
+            self._negative.pop(new, None)
+            self.invalidate(parent_of(new))
+
+    def exchanged(self, a: bytes, b: bytes) -> None:
+        attrs_a, attrs_b = self.attrs(a), self.attrs(b)
+        self.invalidate(a)
+        self.invalidate(b)
+        if attrs_a is not None and attrs_b is not None:
+            self.added(b, attrs_a)
+            self.added(a, attrs_b)
+        else:
+            self.invalidate(parent_of(a))
+            self.invalidate(parent_of(b))
+
+    def invalidate(self, path: bytes) -> None:
+        """Forget everything known about ``path`` (and below): the next access asks the remote."""
+        self.generation += 1
+        self._forget_subtree(path)
+        listing = self._listings.get(parent_of(path))
+        if listing is not None and name_of(path) in listing:
+            del self._listings[parent_of(path)]
+
+    def invalidate_listing(self, path: bytes) -> None:
+        self.generation += 1
+        self._listings.pop(path, None)
+
+    def clear(self) -> None:
+        self.generation += 1
+        for cache in (self._attrs, self._negative, self._listings, self._statfs):
+            cache.clear()
+
+    def _forget_subtree(self, path: bytes, scan: bool = True) -> None:
+        prefix = path + b"/"
+        for cache in (self._attrs, self._negative, self._listings):
+            cache.pop(path, None)
+            if not scan:
+                continue
+            for key in [k for k in cache.keys() if k.startswith(prefix)]:
+                cache.pop(key, None)

@@ -1,0 +1,167 @@
+"""File contents fetched from the remote, shared by every handle that reads the same version.
+
+One ``FileContent`` is one version of one remote file, keyed by ``(path, size, mtime_ns)``:
+
+- ``WholeContent``: the sync read returned the bytes inline. They are kept in memory, or in an
+  anonymous file in the private spool directory when large.
+- ``RangedContent``: the sync read returned a presigned URL. Nothing is downloaded up front;
+  ``read`` fetches the page-aligned chunks it needs (``CHUNK`` bytes each, one ranged GET per
+  chunk, single-flight) and keeps them. An expired URL is renewed with another ``open_read``;
+  if the file changed meanwhile the read fails with ``ESTALE`` rather than mixing versions.
+
+``ContentCache`` bounds the bytes kept (LRU). An evicted version stays usable by handles that
+already hold it; it is freed when the last of them lets go.
+
+Concurrency contract: reads await the remote only to fetch missing chunks; the chunk table is
+updated without awaiting, so concurrent readers of one version never fetch a chunk twice.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import cachetools
+
+from arkerfs.client.errors import ArkerError
+from arkerfs.fs.cache import SingleFlight
+from arkerfs.fs.errors import FsError, errno_for_api_error
+
+CHUNK = 1024 * 1024  # ranged reads fetch aligned chunks of this size
+MEMORY_LIMIT = 1024 * 1024  # whole contents above this go to a spool file
+
+ContentKey = tuple[bytes, int, int]  # (path, size, mtime_ns)
+Opener = Callable[[bytes], Awaitable[Any]]  # path -> RemoteFile (RemoteFS.open_read)
+
+
+class FileContent:
+    size: int
+
+    @property
+    def charge(self) -> int:
+        """Bytes this version holds, for the cache bound."""
+        raise NotImplementedError
+
+    async def read(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+
+class WholeContent(FileContent):
+    """All bytes of a version, in memory or in an anonymous spool file."""
+
+    def __init__(self, data: bytes, spool_dir: str) -> None:
+        self.size = len(data)
+        self._data: bytes | None = None
+        self._file = None
+        if self.size <= MEMORY_LIMIT:
+            self._data = data
+        else:
+            self._file = tempfile.TemporaryFile(dir=spool_dir, prefix="content-")
+            self._file.write(data)
+            self._file.flush()
+
+    @property
+    def charge(self) -> int:
+        return self.size
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if self._data is not None:
+            return self._data[offset:offset + length]
+        return os.pread(self._file.fileno(), min(length, max(self.size - offset, 0)), offset)
+
+
+class RangedContent(FileContent):
+    """A presigned version read on demand by aligned chunks."""
+
+    def __init__(self, path: bytes, remote_file: Any, opener: Opener) -> None:
+        self.path = path
+        self.size = remote_file.size
+        self._file = remote_file
+        self._opener = opener
+        self._chunks: dict[int, bytes] = {}
+        self._flights = SingleFlight()
+
+    @property
+    def charge(self) -> int:
+        return sum(len(c) for c in self._chunks.values())
+
+    async def read(self, offset: int, length: int) -> bytes:
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return b""
+        first, last = offset // CHUNK, (end - 1) // CHUNK
+        parts = [await self._chunk(i) for i in range(first, last + 1)]
+        data = b"".join(parts)
+        start = offset - first * CHUNK
+        return data[start:start + (end - offset)]
+
+    async def _chunk(self, index: int) -> bytes:
+        chunk = self._chunks.get(index)
+        if chunk is None:
+            chunk = await self._flights.do(index, lambda: self._fetch(index))
+        return chunk
+
+    async def _fetch(self, index: int) -> bytes:
+        if self._file.expired:
+            fresh = await self._opener(self.path)
+            if fresh.size != self.size:
+                raise FsError(errno.ESTALE, f"{self.path!r} changed while being read")
+            self._file = fresh
+        try:
+            data = await self._file.read_range(index * CHUNK, CHUNK)
+        except ArkerError as exc:  # RemoteFile is the SDK's: map its errors here
+            raise FsError(errno_for_api_error(exc), f"ranged read of {self.path!r}: {exc}") from exc
+        self._chunks[index] = data
+        return data
+
+
+class ContentCache:
+    """LRU of file versions bounded in bytes, with single-flight opens."""
+
+    def __init__(self, opener: Opener, spool_dir: str, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self._opener = opener
+        self._spool_dir = spool_dir
+        self._lru: cachetools.LRUCache = cachetools.LRUCache(max_bytes, getsizeof=lambda c: max(c.charge, 1))
+        self._max_bytes = max_bytes
+        self._flights = SingleFlight()
+
+    async def get(self, key: ContentKey) -> FileContent:
+        """The version ``key`` (fetched on first use: one sync read)."""
+        content = self._lru.get(key)
+        if content is None:
+            content = await self._flights.do(key, lambda: self._open(key))
+        return content
+
+    async def read(self, key: ContentKey, content: FileContent, offset: int, length: int) -> bytes:
+        data = await content.read(offset, length)
+        if isinstance(content, RangedContent) and self._lru.get(key) is content:
+            self._store(key, content)  # its charge grew: re-insert so the bound stays true
+        return data
+
+    def forget(self, path: bytes) -> None:
+        for key in [k for k in self._lru.keys() if k[0] == path]:
+            del self._lru[key]
+
+    def put(self, key: ContentKey, data: bytes) -> None:
+        """Seed a version we know exactly (what we just uploaded)."""
+        self._store(key, WholeContent(data, self._spool_dir))
+
+    async def _open(self, key: ContentKey) -> FileContent:
+        path = key[0]
+        remote_file = await self._opener(path)
+        if remote_file.inline:
+            content: FileContent = WholeContent(await remote_file.read_all(), self._spool_dir)  # no I/O: inline
+        else:
+            content = RangedContent(path, remote_file, self._opener)
+        if content.size == key[1]:
+            self._store(key, content)
+        # else: the file changed since its attrs were cached; serve it but don't file it
+        # under a key that does not describe it.
+        return content
+
+    def _store(self, key: ContentKey, content: FileContent) -> None:
+        if content.charge <= self._max_bytes:
+            self._lru[key] = content

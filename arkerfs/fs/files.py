@@ -1,0 +1,95 @@
+"""Open files: handles, the per-inode state they share, and the load/push of write buffers.
+
+All handles of one inode share one ``OpenFile``: one ``WriteBuffer`` (created by the first
+writable open), one ``trio.Lock`` and the set of handles. Readers of an inode that has a buffer
+read the buffer, so they see unflushed writes like on a local disk; other readers read a
+``FileContent`` version pinned at their first read.
+
+Writes only touch the buffer. ``push`` uploads the whole buffer as ONE ``write_file`` when it is
+dirty (flush on every close(), fsync, unmount). A failed push leaves the buffer dirty so a later
+close/fsync retries; when the last handle goes with unsent data the content is saved to a rescue
+file and its path logged at ERROR. An existing file opened for writing without O_TRUNC is
+fetched lazily, at the first read/write that needs its old bytes (a truncate to 0 first never
+fetches).
+
+Concurrency contract: handlers interleave at every await. Buffer mutations, loads and uploads of
+one inode happen under its ``lock``; bookkeeping (handle tables, counts) is synchronous.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field, replace
+
+import trio
+
+from arkerfs.fs.buffers import WriteBuffer
+from arkerfs.fs.content import CHUNK, FileContent
+from arkerfs.fs.errors import FsError
+from arkerfs.fs.model import Attrs
+from arkerfs.protocol import CLIENT_MAX_FILE_BYTES
+
+
+@dataclass(eq=False)
+class OpenFile:
+    """What all open handles of one inode share."""
+
+    ino: int
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    buffer: WriteBuffer | None = None
+    needs_load: bool = False  # buffer must first receive the remote's current bytes
+    handles: int = 0
+    # (atime_ns, mtime_ns) set while data was pending (tar's futimens before close): the upload
+    # would stamp "now", so they are applied right after it.
+    pending_times: tuple[int | None, int | None] | None = None
+
+    @property
+    def dirty(self) -> bool:
+        """Something still has to reach the remote."""
+        return self.buffer is not None and (self.buffer.dirty or self.pending_times is not None)
+
+    def overlay(self, attrs: Attrs) -> Attrs:
+        """``attrs`` as a reader should see them with this file's pending writes."""
+        if self.buffer is None or self.needs_load:
+            return attrs
+        if self.buffer.dirty:
+            attrs = replace(attrs, size=self.buffer.size, mtime_ns=self.buffer.mtime_ns)
+        else:
+            attrs = replace(attrs, size=self.buffer.size)
+        if self.pending_times is not None:
+            atime_ns, mtime_ns = self.pending_times
+            attrs = replace(attrs, atime_ns=attrs.atime_ns if atime_ns is None else atime_ns,
+                            mtime_ns=attrs.mtime_ns if mtime_ns is None else mtime_ns)
+        return attrs
+
+
+@dataclass(eq=False)
+class Handle:
+    fh: int
+    ino: int
+    file: OpenFile
+    writable: bool
+    append: bool
+    content: FileContent | None = None  # pinned version for buffer-less reads
+    content_key: tuple | None = None
+
+
+def check_size(size: int) -> None:
+    if size > CLIENT_MAX_FILE_BYTES:
+        raise FsError(errno.EFBIG, f"{size} bytes is over the {CLIENT_MAX_FILE_BYTES}-byte limit")
+
+
+async def load(file: OpenFile, content: FileContent) -> None:
+    """Fill ``file.buffer`` with ``content`` (caller holds ``file.lock``)."""
+    buffer = file.buffer
+    for offset in range(0, content.size, CHUNK):
+        buffer.write(offset, await content.read(offset, CHUNK))
+    buffer.dirty = False
+    file.needs_load = False
+
+
+def rescue(file: OpenFile, rescue_dir: str, path: bytes) -> str:
+    """Save unsent data; returns the rescue file's path (logged at ERROR by the caller)."""
+    label = os.path.basename(path).decode("utf-8", "replace").replace("/", "_")[:80] or "file"
+    return file.buffer.rescue(rescue_dir, label)

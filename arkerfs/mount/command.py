@@ -1,0 +1,180 @@
+"""``arkerfs mount VM MOUNTPOINT``: check, detach, and run the mount daemon.
+
+Local checks (mountpoint, key file) run first and fail with one line on stderr. Without
+``--foreground`` the process forks: the child becomes the daemon and reports over a pipe, and the
+parent exits 0 only once the mount is live, or prints the daemon's one-line reason and exits 1.
+The API key comes from ``--api-key-file`` (which must not be readable by group or others) or
+``ARKER_API_KEY``; it never appears in argv, the process title or the log.
+
+Heavy imports (trio, pyfuse3, the client) happen only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import stat
+import sys
+
+EXIT_FAILED = 1
+
+
+class CommandError(Exception):
+    """A user-facing failure: one line, no traceback."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("vm", metavar="VM", help="VM id or name (with --local: the name of a local VM)")
+    parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    parser.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground, log to stderr")
+    parser.add_argument("--local", action="store_true",
+                        help="run the embedded local server and create VM (a fork of arkuntu) if missing")
+    parser.add_argument("--base-url", help="API base URL (default: $ARKER_BASE_URL or the public host)")
+    parser.add_argument("--list-base-url", help="base URL for listing VMs (default: $ARKER_LIST_BASE_URL or --base-url)")
+    parser.add_argument("--api-key-file", help="file holding the API key (mode 0600); default $ARKER_API_KEY")
+    parser.add_argument("--cache-ttl", type=float, default=3.0, metavar="SECONDS",
+                        help="how long metadata read from the VM is trusted (default 3)")
+    parser.add_argument("--read-only", action="store_true", help="refuse every change (EROFS)")
+    parser.add_argument("--show-remote-owner", action="store_true",
+                        help="show the VM's uid/gid and pass chown through (default: files look owned by you)")
+    parser.add_argument("--spool-dir", help="private directory for cached contents, write buffers and rescue files")
+    parser.add_argument("-o", dest="fuse_options", action="append", default=[], metavar="OPTIONS",
+                        help="extra FUSE mount options, comma separated (e.g. allow_other)")
+    parser.add_argument("--debug", action="store_true", help="log at DEBUG level")
+    parser.add_argument("--debug-fuse", action="store_true", help="also pass libfuse's debug option")
+    parser.add_argument("--log-file", help="log here (default: stderr in the foreground, else a file in the runtime dir)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = build_config(args)
+    except CommandError as exc:
+        print(f"arkerfs mount: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.foreground:
+        return _run_daemon(config, args.debug, ready_fd=None)
+    return _detach(config, args.debug)
+
+
+def build_config(args: argparse.Namespace):
+    from arkerfs.mount import runtime
+    from arkerfs.mount.daemon import MountConfig
+
+    if args.cache_ttl <= 0:
+        raise CommandError("--cache-ttl must be positive")
+    mountpoint = os.path.realpath(args.mountpoint)
+    check_mountpoint(mountpoint)
+    api_key = None
+    if not args.local:
+        api_key = read_key_file(args.api_key_file) if args.api_key_file else os.environ.get("ARKER_API_KEY")
+        if not api_key:
+            raise CommandError("no API key: set ARKER_API_KEY or pass --api-key-file")
+    options = tuple(o for group in args.fuse_options for o in group.split(",") if o)
+    return MountConfig(
+        vm=args.vm,
+        mountpoint=mountpoint,
+        api_key=api_key,
+        base_url=args.base_url,
+        list_base_url=args.list_base_url or args.base_url,  # one server answers both by default
+        cache_ttl=args.cache_ttl,
+        read_only=args.read_only,
+        show_remote_owner=args.show_remote_owner,
+        fuse_options=options,
+        spool_dir=os.path.abspath(args.spool_dir) if args.spool_dir else str(runtime.default_spool_dir(mountpoint)),
+        log_file=os.path.abspath(args.log_file) if args.log_file else
+        ("" if args.foreground else str(runtime.default_log_file(mountpoint))),
+        debug_fuse=args.debug_fuse,
+        local=args.local,
+    )
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    from arkerfs.mount import runtime
+
+    entry = runtime.mount_entry(mountpoint)
+    if entry is not None:
+        if entry[1] == "fuse.arkerfs":
+            raise CommandError(f"{mountpoint} is already mounted ({entry[0]})")
+        raise CommandError(f"{mountpoint} is already a mount point ({entry[1]})")
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise CommandError(f"mount point {mountpoint} does not exist") from None
+    except OSError as exc:
+        raise CommandError(f"mount point {mountpoint}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise CommandError(f"mount point {mountpoint} is not a directory")
+    if os.listdir(mountpoint):
+        raise CommandError(f"mount point {mountpoint} is not empty")
+
+
+def read_key_file(path: str) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CommandError(f"cannot read API key file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, encoding="utf-8") as f:
+        if os.fstat(f.fileno()).st_mode & 0o077:
+            raise CommandError(f"API key file {path} is readable by group or others; run: chmod 600 {path}")
+        key = f.read().strip()
+    if not key:
+        raise CommandError(f"API key file {path} is empty")
+    return key
+
+
+def _detach(config, debug: bool) -> int:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(read_end)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        code = EXIT_FAILED
+        try:
+            code = _run_daemon(config, debug, ready_fd=write_end)
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode(errors="replace").strip()
+    if message == "ok":
+        print(f"arkerfs: mounted {config.vm} at {config.mountpoint} (log: {config.log_file})")
+        return 0
+    os.waitpid(pid, 0)
+    reason = message.removeprefix("error: ") or f"the daemon exited before the mount was ready (log: {config.log_file})"
+    print(f"arkerfs mount: {reason}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _run_daemon(config, debug: bool, *, ready_fd: int | None) -> int:
+    import trio
+
+    from arkerfs.mount.daemon import MountError, run_mount
+    from arkerfs.mount.logs import setup_logging
+
+    setup_logging(config.log_file or None, debug=debug)
+    reported = False
+
+    def ready(reason: str | None) -> None:
+        nonlocal reported
+        reported = True
+        if reason is not None and ready_fd is None:
+            print(f"arkerfs mount: {reason}", file=sys.stderr)
+        if ready_fd is not None:
+            os.write(ready_fd, b"ok\n" if reason is None else f"error: {reason}\n".encode())
+            os.close(ready_fd)
+
+    try:
+        result = trio.run(run_mount, config, ready)
+    except MountError:
+        return EXIT_FAILED
+    except Exception as exc:
+        logging.getLogger("arkerfs.mount").exception("the mount daemon failed")
+        if not reported:
+            ready(f"the mount daemon failed: {exc!r}")
+        return EXIT_FAILED
+    return 0 if result.clean and not result.rescued else EXIT_FAILED

@@ -1,0 +1,211 @@
+"""The mount daemon's lifecycle, in order:
+
+1. (``--local``) start the embedded server in this trio loop and fork the VM if needed;
+2. resolve the VM and probe it with one listing of /home/user — everything that can fail runs
+   before ``pyfuse3.init``, which mounts at once (any access before ``main`` would hang);
+3. ``pyfuse3.init`` → state file → readiness reported to whoever waits (the detaching parent);
+4. nursery { ``pyfuse3.main()``, signal watcher }: SIGTERM/SIGINT push pending writes, then
+   ``pyfuse3.terminate()``; an external ``fusermount3 -u`` also ends ``main``;
+5. push what is still pending (rescue files for what cannot be pushed), then
+   ``pyfuse3.close(unmount=clean)``: after a crash the mount is left dead (ENOTCONN) rather than
+   silently empty, and ``arkerfs umount`` cleans it up;
+6. write the result file (clean?, rescue files) that ``arkerfs umount`` reports from.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from arkerfs.mount import runtime
+from arkerfs.protocol import HOME
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_PUSH_DEADLINE = 900.0  # seconds to push pending writes at unmount
+
+
+class MountError(Exception):
+    """A mount that cannot start; ``str()`` is the one-line reason shown to the user."""
+
+
+@dataclass
+class MountConfig:
+    vm: str
+    mountpoint: str  # resolved by the caller: the daemon must never stat its own mount point
+    api_key: str | None = field(default=None, repr=False)  # never logged
+    base_url: str | None = None
+    list_base_url: str | None = None
+    cache_ttl: float = 3.0
+    read_only: bool = False
+    show_remote_owner: bool = False
+    fuse_options: tuple[str, ...] = ()
+    spool_dir: str = ""
+    log_file: str = ""
+    debug_fuse: bool = False
+    local: bool = False  # run the embedded server and create the VM if missing
+
+
+async def run_mount(config: MountConfig, ready: Callable[[str | None], None]) -> runtime.MountResult:
+    """Mount, serve until unmounted or signalled, clean up. ``ready(None)`` is called once the
+    mount is live, ``ready(reason)`` if it could not be made (then MountError is raised)."""
+    failure: MountError | None = None
+    async with trio.open_nursery() as services:
+        try:
+            if config.local:
+                await _start_local_server(config, services)
+            arker, remote, probe = await _connect(config)
+        except MountError as exc:
+            ready(str(exc))
+            failure = exc
+            services.cancel_scope.cancel()
+        else:
+            try:
+                result = await _serve(config, remote, probe, ready)
+            except MountError as exc:
+                failure = exc
+            finally:
+                with trio.CancelScope(shield=True):
+                    await arker.aclose()
+                services.cancel_scope.cancel()
+    if failure is not None:  # raised out here, not wrapped in the nursery's ExceptionGroup
+        raise failure
+    return result
+
+
+async def _start_local_server(config: MountConfig, nursery: trio.Nursery) -> None:
+    from arkerfs.server.config import ServerConfig, StartupError, default_data_dir, generated_key
+    from arkerfs.server.serve import serve
+
+    data_dir = default_data_dir()
+    try:
+        key, key_file = generated_key(data_dir)
+        server = ServerConfig(data_dir=data_dir, api_keys=(key,), port=0, hidden_files=(key_file,))
+        url = await nursery.start(lambda task_status: serve(server, task_status=task_status))
+    except StartupError as exc:
+        raise MountError(f"the embedded server did not start: {exc}") from None
+    log.info("embedded server for %s on %s", data_dir, url)
+    config.api_key, config.base_url, config.list_base_url = key, url, url
+
+
+async def _connect(config: MountConfig):
+    """Resolve the VM and list /home/user once; returns (Arker, RemoteFS, (attrs, entries))."""
+    from arkerfs.client import Arker, ArkerError
+    from arkerfs.fs.errors import FsError
+    from arkerfs.fs.remote import RemoteFS
+
+    try:
+        arker = Arker(config.api_key, base_url=config.base_url, list_base_url=config.list_base_url)
+    except ArkerError as exc:
+        raise MountError(exc.message) from None
+    try:
+        try:
+            vm = await arker.resolve(config.vm)
+        except ArkerError as exc:
+            if not (config.local and exc.code == "not_found"):
+                raise
+            log.info("creating VM %s from arkuntu", config.vm)
+            vm = await arker.vm("arkuntu").fork(name=config.vm)
+        remote = RemoteFS(vm)
+        probe = await remote.list_dir(HOME.encode())
+    except ArkerError as exc:
+        await arker.aclose()
+        raise MountError(_api_reason(config, exc)) from None
+    except FsError as exc:
+        await arker.aclose()
+        raise MountError(_fs_reason(config, exc)) from None
+    return arker, remote, probe
+
+
+def _api_reason(config: MountConfig, exc) -> str:
+    if exc.code in ("unauthorized", "forbidden"):
+        return f"the API key was refused ({exc.message})"
+    if exc.code == "not_found":
+        return exc.message if config.vm in exc.message else f"no VM {config.vm!r} ({exc.message})"
+    if exc.status == 0:
+        return f"cannot reach the Arker API at {config.base_url or 'the default host'}: {exc.message}"
+    return f"{exc.code}: {exc.message}"
+
+
+def _fs_reason(config: MountConfig, exc) -> str:
+    if exc.errno == errno.ENOENT:
+        return f"no VM {config.vm!r} (or it has no {HOME})"
+    if exc.errno == errno.EACCES:
+        return f"the API key was refused for VM {config.vm!r} ({exc})"
+    return f"cannot list {HOME} on VM {config.vm!r}: {exc}"
+
+
+async def _serve(config: MountConfig, remote, probe, ready) -> runtime.MountResult:
+    import pyfuse3
+
+    from arkerfs.fs.vfs import VFS, Options
+    from arkerfs.mount.ops import Operations
+
+    spool = runtime.private_dir(Path(config.spool_dir))
+    owner = None if config.show_remote_owner else (os.getuid(), os.getgid())
+    vfs = VFS(remote, HOME.encode(), str(spool),
+              Options(cache_ttl=config.cache_ttl, read_only=config.read_only, owner=owner))
+    root_attrs, entries = probe
+    vfs.cache.store_listing(HOME.encode(), root_attrs, entries, vfs.cache.generation)
+    kernel_timeout = min(1.0, config.cache_ttl)
+    ops = Operations(vfs, kernel_timeout=kernel_timeout, negative_timeout=kernel_timeout)
+    options = set(pyfuse3.default_options)
+    options |= {f"fsname=arkerfs:{config.vm}", "subtype=arkerfs", *config.fuse_options}
+    if config.read_only:
+        options.add("ro")
+    if config.debug_fuse:
+        options.add("debug")
+    try:
+        pyfuse3.init(ops, config.mountpoint, options)
+    except RuntimeError as exc:
+        ready(f"the kernel refused the mount: {exc}")
+        raise MountError(str(exc)) from None
+    runtime.clear_result(config.mountpoint)
+    runtime.write_state(runtime.MountState(
+        pid=os.getpid(), cmdline=runtime.own_cmdline(), mountpoint=config.mountpoint,
+        vm=config.vm, log_file=config.log_file, spool_dir=str(spool)))
+    log.info("mounted VM %s at %s", config.vm, config.mountpoint)
+    ready(None)
+    clean = False
+    rescued: list[str] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_signals, vfs)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+        clean = True
+    finally:
+        try:
+            with trio.move_on_after(SHUTDOWN_PUSH_DEADLINE) as scope:
+                scope.shield = True
+                rescued = await vfs.shutdown()
+            if scope.cancelled_caught:
+                log.error("gave up pushing pending writes after %.0f s", SHUTDOWN_PUSH_DEADLINE)
+                clean = False
+        except Exception:  # still unmount (or release) the kernel side below
+            log.exception("pushing pending writes at unmount failed")
+            clean = False
+        pyfuse3.close(unmount=clean)
+        result = runtime.MountResult(clean=clean, rescued=rescued)
+        runtime.write_result(config.mountpoint, result)
+        runtime.remove_state(config.mountpoint)
+        log.info("unmounted %s (clean=%s, rescued=%d)", config.mountpoint, clean, len(rescued))
+    return result
+
+
+async def _watch_signals(vfs) -> None:
+    import pyfuse3
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("%s: pushing pending writes, then unmounting", signal.Signals(signum).name)
+            await vfs.push_all()
+            pyfuse3.terminate()
+            return
