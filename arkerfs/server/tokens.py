@@ -83,13 +83,15 @@ class Signer:
             raise TokenError("malformed token")
         payload, _, mac = token.partition(".")
         try:
-            given = _unb64(mac)
-            ok = hmac.compare_digest(given, self._mac(payload))
+            # Compare the canonical encoding, not decoded bytes: base64 ignores the spare low bits
+            # of its last character, so two spellings of one MAC must not both be accepted.
+            expected = _b64(self._mac(payload))
+            ok = hmac.compare_digest(mac.encode("ascii"), expected.encode("ascii"))
+            body = json.loads(_unb64(payload)) if ok else None
         except (binascii.Error, ValueError, UnicodeEncodeError):
             raise TokenError("malformed token") from None
         if not ok:
             raise TokenError("bad signature")
-        body = json.loads(_unb64(payload))
         grant = Grant(
             vm_id=body["v"], path=body["p"], op=body["o"], expires_at=body["e"],
             upload_id=body.get("u", ""), size=body.get("s", 0),
