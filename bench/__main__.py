@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from bench import client_ops
+from bench import client_ops, mount_ops
 
 
 def main() -> None:
@@ -14,6 +14,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="arkerfs-bench-") as tmp:
         client_ops.run(args.latency_ms, tmp)
+        mount_ops.run(args.latency_ms, tmp)
 
 
 if __name__ == "__main__":
