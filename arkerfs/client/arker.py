@@ -64,6 +64,15 @@ class Arker:
     def list_base_url(self) -> str:
         return self._transport.list_base_url
 
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy of every later call; assignable (e.g. to enable outage mode)."""
+        return self._transport.retry
+
+    @retry.setter
+    def retry(self, policy: RetryPolicy) -> None:
+        self._transport.retry = policy
+
     def __repr__(self) -> str:
         return f"Arker(base_url={self.base_url!r}, list_base_url={self.list_base_url!r})"
 

@@ -38,6 +38,14 @@ class RetryPolicy:
     (0-based) is ``min(max_delay, base_delay * 2**n)`` plus 0–``jitter`` s of random jitter;
     a ``retry_after_seconds``/``Retry-After`` hint replaces it, capped at ``hint_cap``.
     ``RetryPolicy(attempts=1)`` disables retries.
+
+    Outage mode (``outage_deadline`` seconds, default None = off): a failure to *connect*
+    (refused, connect timeout, no pooled connection) proves the request never left, so it is
+    safe to repeat for ANY request, run and fork included. With a deadline set, such failures
+    do not use up ``attempts``: the request is retried with the same capped backoff until the
+    server answers or ``outage_deadline`` seconds have passed since the first of a run of
+    consecutive connect failures; then the last error is raised. Off, a connect failure is an
+    ordinary transient failure and counts as one of the ``attempts``.
     """
 
     attempts: int = 4
@@ -45,10 +53,13 @@ class RetryPolicy:
     max_delay: float = 2.0
     hint_cap: float = 10.0
     jitter: float = 0.05
+    outage_deadline: float | None = None
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError("RetryPolicy.attempts must be at least 1")
+        if self.outage_deadline is not None and self.outage_deadline < 0:
+            raise ValueError("RetryPolicy.outage_deadline must not be negative")
 
     def delay(self, retry_index: int, hint: float | None = None) -> float:
         """Seconds to sleep before retry number ``retry_index`` (0 for the first retry)."""

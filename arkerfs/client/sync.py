@@ -76,7 +76,8 @@ class RemoteFile:
         self.size = size
         self._content = content
         self._url = url
-        self._expires_at = time.monotonic() + expires_in - EXPIRY_MARGIN
+        # (a short-lived URL gets a proportional margin, so it is usable at all)
+        self._expires_at = time.monotonic() + expires_in - min(EXPIRY_MARGIN, expires_in / 4)
 
     @classmethod
     def from_wire(cls, transport: Transport, path: str, r: dict) -> RemoteFile:
@@ -303,9 +304,12 @@ class Sync:
             try:
                 result = await self._send_entry({"path": path, "size": source.size, "upload_id": upload_id})
             except ArkerError as exc:
-                if exc.code != "expired" or last_round:
+                # not_found: the server lost the upload (e.g. it restarted between PUT and
+                # commit); like an expired one, the whole round is safe to start over.
+                if exc.code not in ("expired", "not_found") or last_round:
                     raise
-                log.info("upload of %s expired before commit; starting over", path)
+                log.info("upload of %s %s before commit; starting over", path,
+                         "expired" if exc.code == "expired" else "was lost by the server")
                 continue
             _require_written(path, result)
             return

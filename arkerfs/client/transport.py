@@ -32,6 +32,9 @@ WRITE_TIMEOUT = 60.0
 POOL_TIMEOUT = 30.0
 GET_TIMEOUT = httpx.Timeout(CONNECT_TIMEOUT, read=300.0, write=WRITE_TIMEOUT, pool=POOL_TIMEOUT)
 PUT_TIMEOUT = httpx.Timeout(CONNECT_TIMEOUT, read=600.0, write=600.0, pool=POOL_TIMEOUT)
+# The largest API response body read: a run's two 8 MiB outputs as base64, with room to spare.
+# A server sending more (or an endless body) is broken or hostile; it must not exhaust memory.
+MAX_API_RESPONSE = 64 * 1024 * 1024
 # Transport errors that prove the request never left this process, so replay is always safe.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
@@ -77,6 +80,10 @@ class _Failure(Exception):
     transient: bool
     never_started: bool  # provably not executed: safe to replay even a run or a fork
     hint: float | None = None
+    unreachable: bool = False  # no connection was made (outage mode may wait for the server)
+
+    def __post_init__(self) -> None:
+        self.error.never_started = self.never_started
 
 
 def host_of(url: str) -> str:
@@ -98,7 +105,7 @@ def _request_failure(exc: httpx.RequestError, what: str, host: str) -> _Failure:
         return _Failure(error, transient=False, never_started=False)
     if isinstance(exc, NOT_SENT):
         message = f"{what}: cannot connect to {host} ({_describe(exc)})"
-        return _Failure(ArkerError("unavailable", message, 0), transient=True, never_started=True)
+        return _Failure(ArkerError("unavailable", message, 0), transient=True, never_started=True, unreachable=True)
     message = f"{what}: {_describe(exc)} from {host} after the request was sent; the outcome is unknown"
     return _Failure(ArkerError("unavailable", message, 0, outcome_unknown=True), transient=True, never_started=False)
 
@@ -119,14 +126,33 @@ def _envelope_error(payload: object) -> object | None:
     return None
 
 
-def _status_failure(response: httpx.Response, payload: object) -> _Failure | None:
+async def _read_capped(response: httpx.Response, what: str, host: str) -> bytes:
+    """The body of a streamed API response, refusing more than MAX_API_RESPONSE bytes."""
+    declared = response.headers.get("content-length", "")
+    parts: list[bytes] = []
+    total = int(declared) if declared.isdigit() else 0
+    if total <= MAX_API_RESPONSE:
+        total = 0
+        async for chunk in response.aiter_bytes():
+            total += len(chunk)
+            if total > MAX_API_RESPONSE:
+                break
+            parts.append(chunk)
+    if total > MAX_API_RESPONSE:
+        error = ArkerError("internal", f"{what}: the response from {host} is larger than {MAX_API_RESPONSE} bytes",
+                           response.status_code)
+        raise _Failure(error, transient=False, never_started=False)
+    return b"".join(parts)
+
+
+def _status_failure(response: httpx.Response, payload: object, raw: bytes = b"") -> _Failure | None:
     """The failure an API response represents, or None if it is a success."""
     status = response.status_code
     wire = _envelope_error(payload)
     if wire is None and 200 <= status < 300:
         return None
     if wire is None:
-        body = response.text[:200]
+        body = raw.decode(response.encoding or "utf-8", errors="replace")[:200]
         error = ArkerError("internal", body or f"unexpected HTTP status {status}", status)
         return _Failure(error, is_transient(status, None), status == 429, _header_hint(response))
     error = error_from_wire(wire, status)
@@ -195,15 +221,20 @@ class Transport:
         async def once(attempt: int) -> dict:
             started = time.monotonic()
             try:
-                response = await self._api.request(method, url, content=content, params=params, timeout=timeout)
+                request = self._api.build_request(method, url, content=content, params=params, timeout=timeout)
+                response = await self._api.send(request, stream=True)
+                try:
+                    raw = await _read_capped(response, what, host)
+                finally:
+                    await response.aclose()
             except httpx.RequestError as exc:
                 raise _request_failure(exc, what, host) from exc
             log.debug("%s %s -> %d in %.0f ms", what, host, response.status_code, (time.monotonic() - started) * 1000)
             try:
-                payload = json.loads(response.content) if response.content else {}
-            except ValueError:
+                payload = json.loads(raw) if raw else {}
+            except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
                 payload = None
-            failure = _status_failure(response, payload)
+            failure = _status_failure(response, payload, raw)
             if failure is not None:
                 if missing_ok_on_retry and attempt > 0 and failure.error.code == "not_found" and failure.error.status == 404:
                     log.info("%s: 404 on a retry; an earlier attempt already succeeded", what)
@@ -272,18 +303,47 @@ class Transport:
         await self._with_retries(what, True, once)
 
     async def _with_retries(self, what: str, replay_safe: bool, once: Callable[[int], Awaitable[T]]) -> T:
-        attempts = self.retry.attempts
-        attempt = 0
+        policy = self.retry
+        attempts = policy.attempts
+        attempt = 0  # failures counted against ``attempts``
+        tries = 0  # every call of ``once`` (its argument: > 0 means "this is a retry")
+        outage_since: float | None = None  # first of the current run of connect failures
+        outage_retries = 0
         while True:
             try:
-                return await once(attempt)
+                result = await once(tries)
             except _Failure as failure:
+                tries += 1
+                if failure.unreachable and policy.outage_deadline is not None:
+                    # Outage mode (RetryPolicy): never sent, so safe for any request; wait for
+                    # the server with capped backoff until the deadline, without using attempts.
+                    now = time.monotonic()
+                    if outage_since is None:
+                        outage_since, outage_retries = now, 0
+                        log.warning("%s: server unreachable; retrying for up to %.0f s: %s",
+                                    what, policy.outage_deadline, failure.error)
+                    remaining = outage_since + policy.outage_deadline - now
+                    if remaining <= 0:
+                        log.warning("%s: giving up after %.1f s of outage: %s", what, now - outage_since, failure.error)
+                        raise failure.error from failure.__cause__
+                    delay = min(policy.delay(outage_retries), remaining)
+                    outage_retries += 1
+                    log.debug("%s: still unreachable; next try in %.2f s", what, delay)
+                    await trio.sleep(delay)
+                    continue
+                if outage_since is not None:
+                    log.info("%s: server reachable again after %.1f s", what, time.monotonic() - outage_since)
+                    outage_since = None
                 retryable = failure.transient and (replay_safe or failure.never_started)
                 if not retryable or attempt + 1 >= attempts:
                     if retryable:
                         log.warning("%s: giving up after %d attempts: %s", what, attempts, failure.error)
                     raise failure.error from failure.__cause__
-                delay = self.retry.delay(attempt, failure.hint)
+                delay = policy.delay(attempt, failure.hint)
                 log.info("%s: retrying in %.2f s (attempt %d of %d): %s", what, delay, attempt + 2, attempts, failure.error)
+            else:
+                if outage_since is not None:
+                    log.info("%s: server reachable again after %.1f s", what, time.monotonic() - outage_since)
+                return result
             await trio.sleep(delay)
             attempt += 1
