@@ -8,7 +8,9 @@ ServerErrorMiddleware re-raises it afterwards so hypercorn's error log records t
 from __future__ import annotations
 
 import hmac
+import json
 
+import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -17,10 +19,37 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from arkerfs.server import routes_blob, routes_local, routes_sync, routes_vms
+from arkerfs.server.bodies import DRAIN_LIMIT
 from arkerfs.server.errors import CODE_FOR_STATUS, ApiError, reason
-from arkerfs.server.state import ServerState
+from arkerfs.server.state import FAIL_AFTER_KEY, ServerState
 
 AUTH_PREFIXES = ("/api/", "/_local/")
+UNAUTHORIZED_DRAIN_LIMIT = 1024 * 1024  # a refused request's body is read (and dropped) up to this
+DRAIN_SECONDS = 5.0  # an unread body is dropped for at most this long, then the connection is closed
+
+
+async def _discard_body(receive: Receive, limit: int) -> bool:
+    """Read and drop the request body; False if it is longer than ``limit``, the client left, or
+    it does not arrive within DRAIN_SECONDS."""
+    seen = 0
+    with trio.move_on_after(DRAIN_SECONDS):
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return True
+            if seen > limit:
+                return False
+    return False
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 def _envelope(code: str, message: str, status: int, headers: dict | None = None) -> JSONResponse:
@@ -52,20 +81,48 @@ class Gate:
             return
         path = scope["path"]
         if path.startswith(AUTH_PREFIXES) and not self._authorized(scope):
-            response = _envelope("unauthorized", "missing or invalid API key (authorization: Bearer <key>)", 401)
+            # Read the unwanted body first: a 401 sent over an unread body makes the HTTP layer
+            # drop the connection, and a client reusing it would see a transport error instead.
+            drained = await _discard_body(receive, UNAUTHORIZED_DRAIN_LIMIT)
+            response = _envelope("unauthorized", "missing or invalid API key (authorization: Bearer <key>)", 401,
+                                 None if drained else {"connection": "close"})
             await response(scope, receive, send)
             return
         if path.startswith("/_local/"):
             await self.app(scope, receive, send)
             return
 
+        body_done = False
+
         async def counting_receive() -> Message:
+            nonlocal body_done
             message = await receive()
             if message["type"] == "http.request":
                 self.state.stats.bytes_in += len(message.get("body", b""))
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
         async def counting_send(message: Message) -> None:
+            failure = scope.get(FAIL_AFTER_KEY)
+            if failure is not None:  # after-effect fault: the work is done, the answer is lost
+                payload = json.dumps(failure.body()).encode()
+                if message["type"] == "http.response.start":
+                    message = {"type": "http.response.start", "status": failure.status,
+                               "headers": [(b"content-type", b"application/json"),
+                                           (b"content-length", str(len(payload)).encode())]}
+                elif message["type"] == "http.response.body":
+                    if message.get("more_body", False):
+                        return
+                    message = {"type": "http.response.body", "body": payload, "more_body": False}
+            if (message["type"] == "http.response.start" and message["status"] >= 400 and not body_done
+                    and scope["method"] in ("POST", "PUT")):
+                # An error before the body was read (route miss, fault, early refusal): read it
+                # now, or the HTTP layer drops a connection the client may already be reusing.
+                # (Never for GET: a streamed answer has its own task listening for disconnect.)
+                # The client may still be sending (httpx writes the whole body before reading):
+                # unread, the body would stall it until its write timeout.
+                if _declared_length(scope) > DRAIN_LIMIT or not await _discard_body(receive, DRAIN_LIMIT):
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             if message["type"] == "http.response.body":
                 self.state.stats.bytes_out += len(message.get("body", b""))
             await send(message)

@@ -63,7 +63,9 @@ class LocalControl:
 
 @dataclass
 class ServerProcess:
-    """``arkerfs serve`` in a subprocess on a free loopback port."""
+    """``arkerfs serve`` in a subprocess on a loopback port: ``port`` (0, the default, picks a
+    free one). Once started, ``port`` holds the bound port, so a later ``start()`` (after
+    ``stop()`` or ``kill()``) comes back on the same port and data dir, as a restart would."""
 
     data_dir: Path
     api_key: str
@@ -71,10 +73,11 @@ class ServerProcess:
     log_path: Path | None = None
     proc: subprocess.Popen | None = None
     base_url: str = ""
+    port: int = 0
 
     def start(self, timeout: float = 30) -> "ServerProcess":
         cmd = [sys.executable, "-m", "arkerfs", "serve", "--data-dir", str(self.data_dir),
-               "--port", "0", *self.extra_args]
+               "--port", str(self.port), *self.extra_args]
         # The key travels in the environment, never on the command line (ps shows argv).
         env = {**os.environ, "ARKER_API_KEY": self.api_key}
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
@@ -91,6 +94,7 @@ class ServerProcess:
                 match = READY_LINE.search(buffered.decode(errors="replace"))
                 if match:
                     self.base_url = match.group(1)
+                    self.port = int(self.base_url.rsplit(":", 1)[1].split("/")[0])
                     return self
         self.stop()
         raise RuntimeError("arkerfs serve did not print its URL in time")

@@ -4,6 +4,15 @@ Faults are checked at the top of each API and blob handler, before anything with
 effect, so an injected failure guarantees the request did not execute (its envelope says
 ``"recovery": {"work": "not_started"}``). Draws come from ``random.Random(seed)`` so a test
 that sets a seed sees the same sequence every time.
+
+Two opt-in modes model failures the default cannot (both off unless set in the POST body):
+
+- ``after_effect: true``: a request drawn to fail by ``fail_rate`` is executed in full FIRST,
+  and only its response is replaced by the ``fail_status`` envelope, with
+  ``"recovery": {"work": "unknown"}`` ("acted, then the gateway timed out"). This is what a
+  client must reconcile rather than replay. ``busy_rate`` is unaffected (busy never starts).
+- ``run_stall_ms``: every run sleeps this long inside its sandbox before the command, so the
+  stall counts against the run's own ``timeout`` (a command that hangs; ``timed_out`` result).
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import trio
 from arkerfs.server.errors import CODE_FOR_STATUS, ApiError, reason
 
 ROUTES = ("run", "sync_read", "sync_write", "presigned_get", "presigned_put", "fork", "delete", "list")
-FAULT_FIELDS = ("latency_ms", "fail_rate", "fail_status", "busy_rate", "seed")
+FAULT_FIELDS = ("latency_ms", "fail_rate", "fail_status", "busy_rate", "seed", "after_effect", "run_stall_ms")
 MAX_LATENCY_MS = 60_000
 
 
@@ -46,6 +55,8 @@ class Faults:
     fail_status: int = 503
     busy_rate: float = 0.0
     seed: int | None = None
+    after_effect: bool = False
+    run_stall_ms: float = 0.0
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
     @classmethod
@@ -62,12 +73,17 @@ class Faults:
         seed = spec.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ApiError("bad_request", "seed must be an integer or null")
+        after_effect = spec.get("after_effect", False)
+        if not isinstance(after_effect, bool):
+            raise ApiError("bad_request", "after_effect must be true or false")
         return cls(
             latency_ms=_number(spec, "latency_ms", 0, MAX_LATENCY_MS, 0),
             fail_rate=_number(spec, "fail_rate", 0, 1, 0),
             fail_status=status,
             busy_rate=_number(spec, "busy_rate", 0, 1, 0),
             seed=seed,
+            after_effect=after_effect,
+            run_stall_ms=_number(spec, "run_stall_ms", 0, MAX_LATENCY_MS, 0),
             rng=random.Random(seed),
         )
 
@@ -75,14 +91,24 @@ class Faults:
         return {
             "latency_ms": self.latency_ms, "fail_rate": self.fail_rate, "fail_status": self.fail_status,
             "busy_rate": self.busy_rate, "seed": self.seed,
+            "after_effect": self.after_effect, "run_stall_ms": self.run_stall_ms,
         }
 
-    async def apply(self, route: str) -> None:
-        """Delay, then maybe fail this request; called before the handler does anything."""
+    async def apply(self, route: str) -> ApiError | None:
+        """Delay, then maybe fail this request; called before the handler does anything.
+
+        Returns the error to answer *instead of* the handler's response, after the handler
+        has run (``after_effect``), else None."""
         if self.latency_ms:
             await trio.sleep(self.latency_ms / 1000)
         if self.fail_rate and self.rng.random() < self.fail_rate:
             status = self.fail_status
+            if self.after_effect:
+                return ApiError(
+                    CODE_FOR_STATUS.get(status, "internal"),
+                    f"{reason(status)} (injected fault, after the request took effect)",
+                    status=status, recovery={"work": "unknown"},
+                )
             raise ApiError(
                 CODE_FOR_STATUS.get(status, "internal"),
                 f"{reason(status)} (injected fault)",
@@ -90,3 +116,4 @@ class Faults:
             )
         if route == "run" and self.busy_rate and self.rng.random() < self.busy_rate:
             raise ApiError("vm_busy", "VM is busy (injected fault)", recovery={"work": "not_started"})
+        return None

@@ -97,6 +97,8 @@ async def run(request: Request) -> JSONResponse:
         raise ApiError("bad_request", "command must not contain NUL")
     key = session_key(body.get("session_id"))
     timeout = _timeout(body)
+    if state.faults.run_stall_ms:  # test hook: a command that hangs (see faults.py)
+        command = f"sleep {state.faults.run_stall_ms / 1000:.3f}\n{command}"
     vm_id = request.path_params["vm_id"]
     home = state.store.home(vm_id)
     with state.runner.claim(vm_id, key) as session:

@@ -25,6 +25,10 @@ class ServerState:
     stats: Stats = field(default_factory=Stats)
 
 
+# Scope key under which ``begin`` leaves an after-effect fault for ``app.Gate`` to answer.
+FAIL_AFTER_KEY = "arkerfs.fail_after"
+
+
 def server(request: Request) -> ServerState:
     return request.app.state.server
 
@@ -36,5 +40,7 @@ async def begin(request: Request, route: str) -> ServerState:
     """
     state = server(request)
     state.stats.calls[route] += 1
-    await state.faults.apply(route)
+    after = await state.faults.apply(route)
+    if after is not None:  # after_effect fault: the handler runs, the Gate swaps its response
+        request.scope[FAIL_AFTER_KEY] = after
     return state

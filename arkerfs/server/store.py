@@ -20,6 +20,7 @@ from pathlib import Path
 import trio
 
 from arkerfs.protocol import ARKUNTU_ID, SOURCE_ALIASES, new_ulid
+from arkerfs.server import vmfiles
 from arkerfs.server.errors import ApiError
 
 REGION = "local"
@@ -74,6 +75,8 @@ class VmStore:
         for meta in self._vms_dir.glob("*/meta.json"):
             vm = Vm(**json.loads(meta.read_text(encoding="utf-8")))
             self._vms[vm.vm_id] = vm
+            # Temp files of writes a crash interrupted (vmfiles.TEMP_DIR, outside the home).
+            shutil.rmtree(meta.parent / vmfiles.TEMP_DIR, ignore_errors=True)
         if ARKUNTU_ID not in self._vms:
             self._seed_template()
 
