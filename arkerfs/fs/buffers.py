@@ -12,11 +12,14 @@ never sees a half-applied write.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
 import tempfile
 import time
+
+from arkerfs.fs.errors import FsError
 
 MEMORY_LIMIT = 4 * 1024 * 1024
 
@@ -31,6 +34,9 @@ class WriteBuffer:
         self.size = 0
         self.dirty = False
         self.mtime_ns = time.time_ns()
+        # errno of a spool write that failed (ENOSPC...): the content is incomplete, so it must
+        # never be uploaded; every later change fails the same way until a truncate to 0.
+        self.broken: int | None = None
 
     @property
     def spilled(self) -> bool:
@@ -47,6 +53,7 @@ class WriteBuffer:
     def write(self, offset: int, data: bytes) -> int:
         """Write at ``offset``; a gap past the end reads back as zeros (sparse extension)."""
         end = offset + len(data)
+        self._check_broken()
         if self._mem is not None and end > MEMORY_LIMIT:
             self._spill()
         if self._mem is not None:
@@ -54,12 +61,22 @@ class WriteBuffer:
                 self._mem.extend(bytes(offset - len(self._mem)))
             self._mem[offset:end] = data
         else:
-            os.pwrite(self._file.fileno(), data, offset)
+            view, at = memoryview(data), offset
+            try:
+                while view:  # a nearly full disk writes short before it fails
+                    done = os.pwrite(self._file.fileno(), view, at)
+                    view, at = view[done:], at + done
+            except OSError as exc:
+                raise self._break(exc) from None
         self.size = max(self.size, end)
         self._changed()
         return len(data)
 
     def truncate(self, size: int) -> None:
+        if size == 0 and self.broken is not None:  # nothing of the failed content is left
+            self.close()
+            self._mem, self.broken = bytearray(), None
+        self._check_broken()
         if self._mem is not None and size > MEMORY_LIMIT:
             self._spill()
         if self._mem is not None:
@@ -68,7 +85,10 @@ class WriteBuffer:
             else:
                 self._mem.extend(bytes(size - len(self._mem)))
         else:
-            os.ftruncate(self._file.fileno(), size)
+            try:
+                os.ftruncate(self._file.fileno(), size)
+            except OSError as exc:
+                raise self._break(exc) from None
         self.size = size
         self._changed()
 
@@ -101,10 +121,29 @@ class WriteBuffer:
         self._mem = None
 
     def _spill(self) -> None:
-        self._file = tempfile.NamedTemporaryFile(dir=self._spool_dir, prefix="write-", delete=True)
-        self._file.write(self._mem)
-        self._file.flush()
+        try:
+            spool = tempfile.NamedTemporaryFile(dir=self._spool_dir, prefix="write-", delete=True)
+        except OSError as exc:
+            raise self._break(exc) from None
+        try:
+            spool.write(self._mem)
+            spool.flush()
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # its close flushes again, and fails again
+                spool.close()  # frees what it took; the content stays in memory, readable
+            raise self._break(exc) from None
+        self._file = spool
         self._mem = None
+
+    def _check_broken(self) -> None:
+        if self.broken is not None:
+            raise FsError(self.broken, "an earlier write of this file failed in the local spool")
+
+    def _break(self, exc: OSError) -> FsError:
+        """A spool write failed: refuse this content from now on (the caller raises the result)."""
+        self.broken = exc.errno or 5
+        self.dirty = True
+        return FsError(self.broken, f"local spool {self._spool_dir}: {exc.strerror}")
 
     def _changed(self) -> None:
         self.dirty = True

@@ -8,6 +8,13 @@ Consistency model: an entry is trusted for ``ttl`` seconds after the remote repo
 change made inside the VM shows up here at most ``ttl`` later. The mount's own changes are
 applied to the caches at once (``added``/``removed``/``renamed``), so they are never stale.
 
+Refresh by listing: the cache also remembers, beyond the TTL, which directories it has listed
+and how many entries they had (``listed_size``). Once such a listing expires, the layer above
+may refresh a child's attributes or absence by listing the whole directory again (one call for
+every sibling) instead of asking about each name; the refreshed listing is as fresh as a
+per-name answer, so the ``ttl`` bound above holds unchanged, and it only fills what had expired
+(``keep_fresh``): an entry still cached changes at its own expiry, as before.
+
 Concurrency contract: methods are synchronous (atomic between awaits). A fill that raced with a
 local mutation must not store its older result over the newer state: every mutation bumps
 ``generation``, and ``store_*`` calls carry the generation seen when their fill started and are
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import replace
 from typing import Any
 
 import cachetools
@@ -97,6 +105,8 @@ class MetaCache:
         self._negative: cachetools.TTLCache = cachetools.TTLCache(max_entries // 4 or 1, ttl, timer=timer)
         # dir path -> {name: Attrs} in listing order
         self._listings: cachetools.TTLCache = cachetools.TTLCache(max_listings, ttl, timer=timer)
+        # dir path -> entry count when last listed (no TTL: it only says a listing is worth taking)
+        self._listed: cachetools.LRUCache = cachetools.LRUCache(max_listings * 4)
         self._statfs: cachetools.TTLCache = cachetools.TTLCache(1, statfs_ttl, timer=timer)
 
     # -- reads ----------------------------------------------------------------------------
@@ -123,6 +133,15 @@ class MetaCache:
             return None
         return [Entry(name, self._attrs.get(path + b"/" + name, attrs)) for name, attrs in listing.items()]
 
+    def listed_size(self, path: bytes) -> int | None:
+        """How many entries directory ``path`` had when it was last listed (even if that listing
+        has expired since); None if it was never listed or has been removed/renamed since."""
+        return self._listed.get(path)
+
+    def unlisted(self, path: bytes) -> None:
+        """Forget that ``path`` was listed (it could not be listed again)."""
+        self._listed.pop(path, None)
+
     def statfs(self) -> StatFs | None:
         return self._statfs.get("statfs")
 
@@ -137,14 +156,21 @@ class MetaCache:
             self._negative[path] = True
             self._attrs.pop(path, None)
 
-    def store_listing(self, path: bytes, attrs: Attrs, entries: list[Entry], generation: int) -> None:
+    def store_listing(self, path: bytes, attrs: Attrs, entries: list[Entry], generation: int, *,
+                      keep_fresh: bool = False) -> None:
+        """``keep_fresh`` (a refresh by listing, taken for one expired name): attrs still cached
+        for the directory or its entries stay as they are until their own expiry, exactly as if
+        each had been asked about by name; the listing fills only what had expired."""
         if generation != self.generation:
             return
-        self._attrs[path] = attrs
+        if not (keep_fresh and path in self._attrs):
+            self._attrs[path] = attrs
         self._listings[path] = {e.name: e.attrs for e in entries}
+        self._listed[path] = len(entries)
         for e in entries:
             child = path + b"/" + e.name
-            self._attrs[child] = e.attrs
+            if not (keep_fresh and child in self._attrs):
+                self._attrs[child] = e.attrs
             self._negative.pop(child, None)
 
     def store_statfs(self, value: StatFs) -> None:
@@ -192,6 +218,23 @@ class MetaCache:
             self.invalidate(parent_of(a))
             self.invalidate(parent_of(b))
 
+    def dir_changed(self, path: bytes, nlink_delta: int = 0) -> None:
+        """The mount added or removed an entry of directory ``path``: the remote changed its mtime
+        and ctime (and its link count by ``nlink_delta`` for a subdirectory). Until the entry
+        expires we show "now" (tools such as rsync re-stamp a directory whose mtime moved); a
+        stat of it still costs nothing."""
+        attrs = self.attrs(path)
+        if attrs is None:
+            return
+        now = time.time_ns()
+        changed = replace(attrs, mtime_ns=now, ctime_ns=now, nlink=max(attrs.nlink + nlink_delta, 1))
+        self.generation += 1
+        if path in self._attrs:
+            self._attrs[path] = changed
+        listing = self._listings.get(parent_of(path))
+        if listing is not None and name_of(path) in listing:
+            listing[name_of(path)] = changed
+
     def invalidate(self, path: bytes) -> None:
         """Forget everything known about ``path`` (and below): the next access asks the remote."""
         self.generation += 1
@@ -206,12 +249,12 @@ class MetaCache:
 
     def clear(self) -> None:
         self.generation += 1
-        for cache in (self._attrs, self._negative, self._listings, self._statfs):
+        for cache in (self._attrs, self._negative, self._listings, self._listed, self._statfs):
             cache.clear()
 
     def _forget_subtree(self, path: bytes, scan: bool = True) -> None:
         prefix = path + b"/"
-        for cache in (self._attrs, self._negative, self._listings):
+        for cache in (self._attrs, self._negative, self._listings, self._listed):
             cache.pop(path, None)
             if not scan:
                 continue

@@ -7,6 +7,12 @@ Everything below the FUSE adapter raises ``FsError(errno)``; the adapter turns i
 from __future__ import annotations
 
 import errno as E
+import logging
+import time
+
+log = logging.getLogger(__name__)
+KEY_REFUSED_LOG_INTERVAL = 60.0  # seconds between two "key refused" lines
+_key_refused_logged: float | None = None
 
 
 class FsError(Exception):
@@ -49,6 +55,18 @@ API_CODE_ERRNO = {
 def errno_for_api_error(exc: Exception) -> int:
     """Map an ``ArkerError`` (anything with a ``code`` attribute) to an errno."""
     code = getattr(exc, "code", "internal") or "internal"
+    if code == "unauthorized":
+        _log_key_refused(exc)
     if code.startswith("unsupported_"):
         return E.ENOTSUP
     return API_CODE_ERRNO.get(code, E.EIO)
+
+
+def _log_key_refused(exc: Exception) -> None:
+    """A revoked or expired key fails every operation with EACCES: say why, once a minute."""
+    global _key_refused_logged
+    now = time.monotonic()
+    if _key_refused_logged is None or now - _key_refused_logged >= KEY_REFUSED_LOG_INTERVAL:
+        _key_refused_logged = now
+        log.error("the API key was refused (%s); operations fail with EACCES until the server accepts it",
+                  getattr(exc, "message", "") or exc)

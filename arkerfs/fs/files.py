@@ -6,7 +6,10 @@ read the buffer, so they see unflushed writes like on a local disk; other reader
 ``FileContent`` version pinned at their first read.
 
 Writes only touch the buffer. ``push`` uploads the whole buffer as ONE ``write_file`` when it is
-dirty (flush on every close(), fsync, unmount). A failed push leaves the buffer dirty so a later
+dirty (flush on every close(), fsync, unmount). A chmod or utimens that arrives while data is
+pending (tar's ``futimens``+``fchmod`` before close) is recorded on the ``OpenFile``
+(``pending_mode``/``pending_times``), shown at once through ``overlay``, and applied by the
+upload's single follow-up run. A failed push leaves the buffer dirty so a later
 close/fsync retries; when the last handle goes with unsent data the content is saved to a rescue
 file and its path logged at ERROR. An existing file opened for writing without O_TRUNC is
 fetched lazily, at the first read/write that needs its old bytes (a truncate to 0 first never
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import dataclass, field, replace
 
 import trio
@@ -43,11 +47,14 @@ class OpenFile:
     # (atime_ns, mtime_ns) set while data was pending (tar's futimens before close): the upload
     # would stamp "now", so they are applied right after it.
     pending_times: tuple[int | None, int | None] | None = None
+    # permission bits set while data was pending: applied with the upload's follow-up run
+    pending_mode: int | None = None
 
     @property
     def dirty(self) -> bool:
         """Something still has to reach the remote."""
-        return self.buffer is not None and (self.buffer.dirty or self.pending_times is not None)
+        return self.buffer is not None and (self.buffer.dirty or self.pending_times is not None
+                                            or self.pending_mode is not None)
 
     def overlay(self, attrs: Attrs) -> Attrs:
         """``attrs`` as a reader should see them with this file's pending writes."""
@@ -57,6 +64,8 @@ class OpenFile:
             attrs = replace(attrs, size=self.buffer.size, mtime_ns=self.buffer.mtime_ns)
         else:
             attrs = replace(attrs, size=self.buffer.size)
+        if self.pending_mode is not None:
+            attrs = replace(attrs, mode=stat.S_IFMT(attrs.mode) | self.pending_mode)
         if self.pending_times is not None:
             atime_ns, mtime_ns = self.pending_times
             attrs = replace(attrs, atime_ns=attrs.atime_ns if atime_ns is None else atime_ns,

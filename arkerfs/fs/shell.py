@@ -393,7 +393,11 @@ if f(-100,a[0],-100,a[1],2)!=0:
         '  elif [ -d "$n" ] && [ ! -L "$n" ]; then exit 21; fi\n'
         "fi\n"
         '[ -n "$od" ] && case $n in "$o"/*) exit 22;; esac\n'
-        + ('_t mv -n -T -- "$o" "$n"; _x "$o" && exit 17' if noreplace else '_t mv -f -T -- "$o" "$n"'),
+        + ('_t mv -n -T -- "$o" "$n"; _x "$o" && exit 17' if noreplace else
+           # mv refuses "are the same file" when the source is a symlink to the target, where
+           # rename(2) replaces the target with the link: then rename(2) itself, via python3
+           '[ -L "$o" ] && [ "$o" -ef "$n" ] && { ' + _python(E.EIO, "os.rename(a[0],a[1])", old, new)
+           + '; exit 0; }\n_t mv -f -T -- "$o" "$n"'),
         _nothing,
     )
 
@@ -554,9 +558,20 @@ def make_staging_dir() -> Fragment:
     return Fragment(f"_t mkdir -p -- {quote(STAGING)}; {stage_sweep(STAGING)}", _nothing)
 
 
-def commit_staged(staging: bytes, path: bytes, mode: int | None) -> Fragment:
+def commit_staged(staging: bytes, path: bytes, mode: int | None, *, in_place: bool = False) -> Fragment:
     """Move an uploaded staging file over ``path`` (a rename: atomic), keeping the old file's
-    mode unless ``mode`` is given; the staging file is removed whatever happens."""
+    mode unless ``mode`` is given; the staging file is removed whatever happens.
+
+    ``in_place``: copy the bytes INTO the existing file instead (``cp`` rewrites an existing
+    target through its own inode), so every hard link of it sees them; not atomic."""
+    if in_place:
+        chmod = "" if mode is None else f'; _t chmod {mode & 0o7777:05o} -- "$p"'
+        return Fragment(
+            f"s={quote(staging)}; p={quote(path)}; trap 'rm -f -- \"$s\"' EXIT\n"
+            '[ -f "$s" ] || exit 5; [ -d "$p" ] && [ ! -L "$p" ] && exit 21; [ -L "$p" ] && exit 5\n'
+            f'_pd {quote(parent_of(path))}; _t cp -- "$s" "$p"{chmod}; _st "$p"',
+            _attrs,
+        )
     chmod = (f'_t chmod {mode & 0o7777:05o} -- "$s"' if mode is not None
              else '[ -f "$p" ] && [ ! -L "$p" ] && { _t chmod --reference="$p" -- "$s"; }')
     return Fragment(

@@ -4,17 +4,25 @@ This is the layer the FUSE adapter (``arkerfs.mount.ops``) translates to; it nev
 pyfuse3. It owns the inode table, the metadata and content caches and the open files, and it
 decides how many round trips each operation costs:
 
-- ``lookup``/``getattr``: 0 calls when cached (own entry, parent's listing, negative entry),
-  else one ``lstat``.
+- ``lookup``/``getattr``: 0 calls when cached (own entry, parent's listing, negative entry).
+  Once expired: one ``list_dir`` of the directory itself if it is one we listed before, else
+  of the parent if the parent was listed before (shared by every sibling and absent name: N
+  siblings cost one call per TTL period, not N), else one ``lstat``.
 - ``readdir``: one ``list_dir`` per opendir (re-taken on rewind), which fills the attribute
   cache so the entries' stats cost nothing afterwards.
-- reads: one sync read on first use of a version (``content``); writes: one upload at close.
-- every namespace/metadata change: one call, applied to the caches immediately.
+- reads: one sync read on first use of a version (``content``; a large one then costs a few
+  ranged GETs that grow while reading sequentially); writes: one upload at close, plus one
+  follow-up run when the mode must be re-applied or a chmod/utimens came while data was pending
+  (those are recorded on the open file, shown at once, and folded into that one run).
+- every namespace/metadata change: one call, applied to the caches immediately. A setattr that
+  changes nothing we show (chmod to the shown mode, chown to the shown owner, truncate to the
+  size of an unbuffered file, judged on the cached attrs) costs nothing.
 
 Consistency (what a reader sees when): the mount's own changes are visible at once to every
 reader of the mount. A change made inside the VM is visible once our cached entry expires
 (``cache_ttl``) plus the kernel's own entry/attr timeout. An open handle reads one version of a
-file (pinned at its first read) unless the file has a local write buffer, which all handles see.
+file (pinned at its first read, or fetched whole when the mount removes the file's last name)
+unless the file has a local write buffer, which all handles see.
 
 Concurrency contract: FUSE handlers run concurrently and interleave at every await. Each
 operation does its remote await first and then updates the inode table and caches with no
@@ -35,8 +43,8 @@ from dataclasses import dataclass, replace
 
 from arkerfs.fs import files
 from arkerfs.fs.buffers import WriteBuffer
-from arkerfs.fs.cache import MetaCache, SingleFlight
-from arkerfs.fs.content import ContentCache
+from arkerfs.fs.cache import MetaCache, SingleFlight, name_of, parent_of
+from arkerfs.fs.content import ContentCache, RangedContent, WholeContent
 from arkerfs.fs.errors import FsError
 from arkerfs.fs.files import Handle, OpenFile, check_size
 from arkerfs.fs.inodes import InodeTable
@@ -46,6 +54,12 @@ log = logging.getLogger(__name__)
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+NAME_MAX = 255
+# An expired entry is refreshed by re-listing its directory only up to this many entries; a
+# larger directory is not re-listed to answer for one name (one lstat instead).
+REFRESH_LISTING_MAX = 4096
+# a refresh listing failing with these says the directory changed, not that the remote is down
+_NOT_LISTABLE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM})
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,8 @@ class VFS:
     # == attributes ============================================================================
     async def lookup(self, parent: int, name: bytes) -> tuple[int, Attrs]:
         """Resolve ``parent/name`` and count one kernel lookup on the result. ENOENT."""
+        if len(name) > NAME_MAX:  # the kernel lets FUSE names up to 1024 bytes through
+            raise FsError(errno.ENAMETOOLONG, "name longer than 255 bytes")
         path = self.inodes.child_path(parent, name)
         attrs = await self._path_attrs(path)
         ino = self.inodes.learn(parent, name, attrs)
@@ -110,17 +126,22 @@ class VFS:
             if file is not None and file.buffer is not None:
                 await self._truncate_buffer(ino, file, size, push=fh is None)
                 size = None
-        if (atime_ns is not None or mtime_ns is not None) and file is not None and file.dirty:
-            before = file.pending_times or (None, None)
-            file.pending_times = (before[0] if atime_ns is None else atime_ns,
-                                  before[1] if mtime_ns is None else mtime_ns)
-            atime_ns = mtime_ns = None
+        mode, uid, gid, size = self._without_noops(ino, mode, uid, gid, size)
+        if file is not None and file.dirty:  # data still to upload: its follow-up run applies these
+            if atime_ns is not None or mtime_ns is not None:
+                before = file.pending_times or (None, None)
+                file.pending_times = (before[0] if atime_ns is None else atime_ns,
+                                      before[1] if mtime_ns is None else mtime_ns)
+                atime_ns = mtime_ns = None
+            if mode is not None:
+                file.pending_mode = stat.S_IMODE(mode)
+                mode = None
         if all(v is None for v in (mode, uid, gid, size, atime_ns, mtime_ns)):
             return await self.getattr(ino)
         path = self.inodes.path(ino)
         attrs = await self.remote.setattr(path, mode=None if mode is None else stat.S_IMODE(mode), uid=uid,
                                           gid=gid, size=size, atime_ns=atime_ns, mtime_ns=mtime_ns)
-        self.cache.added(path, attrs)
+        self._cache_all_names(ino, path, attrs)
         if size is not None:
             self.content.forget(path)
         self.inodes.set_attrs(ino, attrs)
@@ -181,6 +202,7 @@ class VFS:
         path = self.inodes.child_path(parent, name)
         attrs = await self.remote.mkdir(path, stat.S_IMODE(mode))
         self.cache.added(path, attrs)
+        self.cache.dir_changed(self.inodes.path(parent), +1)
         self.cache.store_listing(path, attrs, [], self.cache.generation)  # known empty
         return self._new_entry(parent, name, attrs)
 
@@ -189,6 +211,7 @@ class VFS:
         path = self.inodes.child_path(parent, name)
         await self.remote.rmdir(path)
         self.cache.removed(path)
+        self.cache.dir_changed(self.inodes.path(parent), -1)
         self.inodes.unlink(parent, name)
 
     # == namespace =============================================================================
@@ -197,6 +220,7 @@ class VFS:
         path = self.inodes.child_path(parent, name)
         attrs = await self.remote.mknod(path, mode, rdev)
         self.cache.added(path, attrs)
+        self.cache.dir_changed(self.inodes.path(parent))
         return self._new_entry(parent, name, attrs)
 
     async def symlink(self, parent: int, name: bytes, target: bytes) -> tuple[int, Attrs]:
@@ -204,6 +228,7 @@ class VFS:
         path = self.inodes.child_path(parent, name)
         attrs = await self.remote.symlink(target, path)
         self.cache.added(path, attrs)
+        self.cache.dir_changed(self.inodes.path(parent))
         return self._new_entry(parent, name, attrs)
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> tuple[int, Attrs]:
@@ -211,16 +236,19 @@ class VFS:
         old = self.inodes.path(ino)
         new = self.inodes.child_path(new_parent, new_name)
         attrs = await self.remote.link(old, new)
-        self.cache.added(old, attrs)
+        self._cache_all_names(ino, old, attrs)  # every earlier name's nlink moved too
         self.cache.added(new, attrs)
+        self.cache.dir_changed(self.inodes.path(new_parent))
         self.inodes.set_attrs(ino, attrs)  # nlink > 1 now: registers the remote inode
         return self._new_entry(new_parent, new_name, attrs)
 
     async def unlink(self, parent: int, name: bytes) -> None:
         self._writable()
         path = self.inodes.child_path(parent, name)
+        await self._keep_open_versions(self.inodes.child(parent, name))
         await self.remote.unlink(path)
         self.cache.removed(path, is_dir=False)
+        self.cache.dir_changed(self.inodes.path(parent))
         self.content.forget(path)
         ino = self.inodes.unlink(parent, name)
         if ino is not None and ino in self.inodes:
@@ -239,13 +267,24 @@ class VFS:
         new = self.inodes.child_path(new_parent, new_name)
         moved = self.inodes.child(old_parent, old_name)
         file = self._files.get(moved) if moved is not None else None
+        if flags != RENAME_EXCHANGE:
+            await self._keep_open_versions(self.inodes.child(new_parent, new_name))
         if file is not None:
             async with file.lock:  # an upload in flight must land before the name moves
                 await self.remote.rename(old, new, flags)
         else:
             await self.remote.rename(old, new, flags)
+        if moved is not None and moved == self.inodes.child(new_parent, new_name):
+            return  # two names of one file: rename(2) does nothing and both names stay
         self.content.forget(old)
         self.content.forget(new)
+        # both parents' mtimes moved; a directory moving between parents moves a link count
+        moved_attrs, replaced = self.cache.attrs(old), self.cache.attrs(new)
+        moves_dir = (flags != RENAME_EXCHANGE and old_parent != new_parent and moved_attrs is not None
+                     and moved_attrs.is_dir)
+        self.cache.dir_changed(self.inodes.path(old_parent), -1 if moves_dir else 0)
+        self.cache.dir_changed(self.inodes.path(new_parent),
+                               +1 if moves_dir and not (replaced is not None and replaced.is_dir) else 0)
         if flags == RENAME_EXCHANGE:
             self.cache.exchanged(old, new)
             self.inodes.exchange(old_parent, old_name, new_parent, new_name)
@@ -263,6 +302,7 @@ class VFS:
         path = self.inodes.child_path(parent, name)
         try:
             attrs = await self.remote.create_empty(path, stat.S_IMODE(mode), exclusive=True)
+            self.cache.dir_changed(self.inodes.path(parent))
         except FsError as exc:
             # The kernel sends create only when it believes the name is free; if it appeared in
             # the VM meanwhile, a plain O_CREAT must open it rather than fail.
@@ -290,6 +330,10 @@ class VFS:
         if not stat.S_ISREG(attrs.mode):
             # Fifos and sockets are served by the kernel itself; anything else is not data.
             raise FsError(errno.ENXIO, "not a regular file")
+        if flags & os.O_TRUNC and not writable:
+            # Linux truncates on O_RDONLY|O_TRUNC as well; no close of this handle will push,
+            # so it is applied now, like a path truncate.
+            attrs = await self.setattr(ino, size=0)
         node = self.inodes.get(ino)
         file = self._open_file(ino)
         if writable and file.buffer is None:
@@ -314,8 +358,8 @@ class VFS:
                 node.extra["served"] = None  # the kernel's pages now come from the buffer
                 return file.buffer.read(offset, length)
         if handle.content is None:
-            # Pinned at the first read: a handle that had read nothing when its file was
-            # unlinked (and has no write buffer) gets ENOENT from here.
+            # Pinned at the first read (or when the mount unlinks/renames over the file, see
+            # _keep_open_versions); a file deleted in the VM before any read gives ENOENT.
             attrs = await self.getattr(handle.ino)
             key = (self.inodes.path(handle.ino), attrs.size, attrs.mtime_ns)
             handle.content = await self.content.get(key)
@@ -408,6 +452,28 @@ class VFS:
             raise FsError(errno.EPERM, "ownership is mapped to the mounting user")
         return None, None
 
+    def _without_noops(self, ino: int, mode: int | None, uid: int | None, gid: int | None,
+                       size: int | None) -> tuple[int | None, int | None, int | None, int | None]:
+        """Drop the setattr fields that would change nothing the kernel sees (0 calls for them):
+        chmod to the mode we show, chown to the owner we show (with the owner mapped, ``_chown_allowed``
+        already dropped it), truncate to the size of a file with no local buffer (the caller has
+        handled buffered ones). Judged against the cached attrs, which are as fresh as anything we
+        show; with nothing cached every field is kept (its run returns fresh attrs anyway)."""
+        if self.inodes.get(ino).unlinked:
+            return mode, uid, gid, size
+        cached = self.cache.attrs(self.inodes.path(ino))
+        if cached is None:
+            return mode, uid, gid, size
+        shown = self._present(ino, cached)
+        if mode is not None and stat.S_IMODE(mode) == stat.S_IMODE(shown.mode):
+            mode = None
+        if not shown.mode & (stat.S_ISUID | stat.S_ISGID):  # else a chown clears them: not a no-op
+            uid = None if uid == shown.uid else uid
+            gid = None if gid == shown.gid else gid
+        if size is not None and size == shown.size:
+            size = None
+        return mode, uid, gid, size
+
     def _present(self, ino: int, attrs: Attrs) -> Attrs:
         file = self._files.get(ino)
         if file is not None:
@@ -428,6 +494,18 @@ class VFS:
             return attrs
         if self.cache.is_absent(path):
             raise FsError(errno.ENOENT, "cached negative entry")
+        source = self._refresh_source(path)
+        if source is not None:
+            try:
+                dir_attrs, entries = await self._list(source, refresh=True)
+            except FsError as exc:
+                if exc.errno not in _NOT_LISTABLE:
+                    raise  # the remote is in trouble (EIO...): an lstat would only fail the same way
+                # not a directory we can list any more: stop trying, ask about the name itself
+                log.debug("refresh of %r by listing %r failed: %s", path, source, exc)
+                self.cache.unlisted(source)
+            else:
+                return self._listed_attrs(path, source, dir_attrs, entries)
 
         async def fill() -> Attrs:
             generation = self.cache.generation
@@ -442,16 +520,50 @@ class VFS:
 
         return await self._flights.do(("lstat", path), fill)
 
+    def _refresh_source(self, path: bytes) -> bytes | None:
+        """The directory to list to refresh ``path`` (whose cached entry expired): ``path`` itself
+        if it is a directory we listed before (the listing carries its own attrs and refreshes
+        its entries, which whoever needs the directory's attrs is usually about to use; the root
+        is refreshed this way), else its parent if the parent was listed before (one listing
+        refreshes every sibling and answers absent names too); None (ask with one lstat)
+        otherwise, or when the directory was too large to re-list for one name."""
+        for source in (path, parent_of(path)):
+            size = self.cache.listed_size(source)
+            if size is not None and size <= REFRESH_LISTING_MAX:
+                return source
+        return None
+
+    def _listed_attrs(self, path: bytes, source: bytes, dir_attrs: Attrs, entries: list[Entry]) -> Attrs:
+        """``path``'s attrs from a fresh listing of ``source`` (its parent or itself). The cache
+        is asked first: a local change that raced with the listing is newer than it."""
+        attrs = self.cache.attrs(path)
+        if attrs is not None:
+            return attrs
+        if self.cache.is_absent(path):
+            raise FsError(errno.ENOENT, "not in the directory's listing")
+        if path == source:
+            return dir_attrs
+        name = name_of(path)
+        for entry in entries:
+            if entry.name == name:
+                return entry.attrs
+        raise FsError(errno.ENOENT, "not in the directory's listing")
+
     async def _listing(self, path: bytes) -> list[Entry]:
         hit = self.cache.listing(path)
         if hit is not None:
             return hit
+        return (await self._list(path))[1]
 
-        async def fill() -> list[Entry]:
+    async def _list(self, path: bytes, *, refresh: bool = False) -> tuple[Attrs, list[Entry]]:
+        """One ``list_dir`` (single-flight per directory), stored in the cache. A ``refresh``
+        (for one expired name) leaves the still-fresh entries as they are (see ``store_listing``)."""
+
+        async def fill() -> tuple[Attrs, list[Entry]]:
             generation = self.cache.generation
             attrs, entries = await self.remote.list_dir(path)
-            self.cache.store_listing(path, attrs, entries, generation)
-            return entries
+            self.cache.store_listing(path, attrs, entries, generation, keep_fresh=refresh)
+            return attrs, entries
 
         return await self._flights.do(("list", path), fill)
 
@@ -479,6 +591,39 @@ class VFS:
         content = await self.content.get((path, attrs.size, attrs.mtime_ns))
         await files.load(file, content)
 
+    async def _keep_open_versions(self, ino: int | None) -> None:
+        """``ino`` is about to lose a name (unlink, or a rename over it). If it is its last name,
+        its open handles must go on reading the version they opened, which the remote is about
+        to drop: fetch that version whole now (one sync read, plus ranged GETs when large).
+        Costs nothing when no handle is open (the usual case)."""
+        file = self._files.get(ino) if ino is not None else None
+        if file is None:
+            return
+        attrs = self.inodes.get(ino).last_attrs
+        if attrs is not None and (attrs.nlink > 1 or not stat.S_ISREG(attrs.mode)):
+            return
+        try:
+            await self._fetch_open_versions(ino, file)
+        except FsError as exc:  # gone already (changed in the VM): the unlink/rename goes on
+            log.debug("could not keep the open version of inode %d: %s", ino, exc)
+
+    async def _fetch_open_versions(self, ino: int, file: OpenFile) -> None:
+        if file.buffer is not None:
+            async with file.lock:
+                await self._ensure_loaded(Handle(0, ino, file, True, False))
+            return
+        whole: dict[int, WholeContent] = {}
+        for handle in [h for h in self._handles.values() if h.file is file]:
+            if handle.content is None:
+                attrs = await self.getattr(ino)
+                handle.content_key = (self.inodes.path(ino), attrs.size, attrs.mtime_ns)
+                handle.content = await self.content.get(handle.content_key)
+            if isinstance(handle.content, RangedContent):  # its URL would read the new file
+                ranged = handle.content
+                if id(ranged) not in whole:
+                    whole[id(ranged)] = WholeContent(await ranged.read(0, ranged.size), self.spool_dir)
+                handle.content = whole[id(ranged)]
+
     async def _truncate_buffer(self, ino: int, file: OpenFile, size: int, *, push: bool) -> None:
         async with file.lock:
             if file.needs_load and size == 0:
@@ -491,38 +636,62 @@ class VFS:
             await self._push(ino, file)
 
     async def _push(self, ino: int, file: OpenFile) -> None:
-        """Upload the buffer if dirty: ONE write_file (plus one run for times set while data was
-        pending). Raises the remote's FsError; what was not done stays pending for a retry."""
+        """Upload the buffer if dirty: ONE write_file, plus ONE follow-up run that applies together
+        the mode re-apply and whatever chmod/utimens was recorded while data was pending. Raises
+        the remote's FsError; what was not done stays pending for a retry."""
         async with file.lock:
             buffer = file.buffer
-            if buffer is None or file.needs_load or not (buffer.dirty or file.pending_times):
+            if buffer is None or file.needs_load or not file.dirty:
                 return
             node = self.inodes.get(ino)
             if node.unlinked:
                 return  # unlinked while open: its data has nowhere to go
+            if buffer.broken is not None:  # incomplete (the spool refused a write): never upload it
+                raise FsError(buffer.broken, "a write of this file failed in the local spool; nothing was uploaded")
             path = self.inodes.path(ino)
             source, size, mtime_ns = buffer.source(), buffer.size, buffer.mtime_ns
             old = self.cache.attrs(path) or node.last_attrs
             # Uploads keep an existing file's mode on the local server; naming a mode costs an
             # extra run, so only an unusual one is re-applied (the real service may reset it).
             mode = None if old is None or stat.S_IMODE(old.mode) == 0o644 else stat.S_IMODE(old.mode)
-            times = file.pending_times
+            times, pending_mode = file.pending_times, file.pending_mode
             attrs = None
             if buffer.dirty:
-                attrs = await self.remote.write_file(path, source, size, mode=None if times else mode)
+                follow_up = times is not None or pending_mode is not None
+                # a sync write replaces the inode: a file with hard links is rewritten in place
+                in_place = old is not None and old.nlink > 1
+                attrs = await self.remote.write_file(path, source, size, mode=None if follow_up else mode,
+                                                     in_place=in_place)
                 buffer.dirty = False
                 self.content.forget(path)
-            if times is not None:
-                attrs = await self.remote.setattr(path, mode=mode, atime_ns=times[0], mtime_ns=times[1])
-                file.pending_times = None
+            while times is not None or pending_mode is not None:
+                attrs = await self.remote.setattr(path, mode=mode if pending_mode is None else pending_mode,
+                                                  atime_ns=None if times is None else times[0],
+                                                  mtime_ns=None if times is None else times[1])
+                # a chmod/utimens recorded during the await is newer: it gets its own run
+                if file.pending_times == times:
+                    file.pending_times = None
+                if file.pending_mode == pending_mode:
+                    file.pending_mode = None
+                times, pending_mode, mode = file.pending_times, file.pending_mode, None
             if attrs is None:
                 # Size is exact; mtime is our estimate until the cache entry expires.
                 base = old or Attrs(stat.S_IFREG | 0o644, 0, 1, 0, 0, mtime_ns, mtime_ns, mtime_ns)
                 attrs = replace(base, size=size, mtime_ns=mtime_ns, ctime_ns=mtime_ns)
             elif isinstance(source, bytes):
                 self.content.put((path, attrs.size, attrs.mtime_ns), source)
-            self.cache.added(path, attrs)
+            self._cache_all_names(ino, path, attrs)
             self.inodes.set_attrs(ino, attrs)
+
+    def _cache_all_names(self, ino: int, path: bytes, attrs: Attrs) -> None:
+        """``path`` (and every other known name of a hard-linked ``ino``) now has ``attrs``."""
+        self.cache.added(path, attrs)
+        node = self.inodes.get(ino)
+        for parent, name in node.links[1:]:
+            try:
+                self.cache.added(self.inodes.child_path(parent, name), attrs)
+            except FsError:  # a directory above that name is gone
+                pass
 
     def _drop_file(self, ino: int, file: OpenFile) -> None:
         """Forget ``file``'s shared state; unsent data goes to a rescue file (caller holds lock)."""
@@ -532,9 +701,17 @@ class VFS:
         node = self.inodes.get(ino) if ino in self.inodes else None
         if file.buffer.dirty and node is not None and not node.unlinked:
             path = self.inodes.path(ino)
-            saved = files.rescue(file, self.rescue_dir, path)
-            self.rescued.append(saved)
-            log.error("unsent data of %s saved to %s", path.decode("utf-8", "replace"), saved)
+            if file.buffer.broken is not None:  # its writer got the errno; the content is incomplete
+                log.warning("dropped the incomplete new content of %s (a write failed in the local spool: %s)",
+                            path.decode("utf-8", "replace"), os.strerror(file.buffer.broken))
+            else:
+                try:
+                    saved = files.rescue(file, self.rescue_dir, path)
+                except OSError as exc:
+                    log.error("could not save unsent data of %s: %s", path.decode("utf-8", "replace"), exc)
+                else:
+                    self.rescued.append(saved)
+                    log.error("unsent data of %s saved to %s", path.decode("utf-8", "replace"), saved)
         file.buffer.close()
 
 

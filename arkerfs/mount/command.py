@@ -18,6 +18,7 @@ import stat
 import sys
 
 EXIT_FAILED = 1
+MAX_REASON_CHARS = 500  # a failure reason is one line of at most this many characters
 
 
 class CommandError(Exception):
@@ -36,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-ttl", type=float, default=3.0, metavar="SECONDS",
                         help="how long metadata read from the VM is trusted (default 3)")
     parser.add_argument("--read-only", action="store_true", help="refuse every change (EROFS)")
+    parser.add_argument("--outage-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="while the API cannot be reached, operations wait and retry this long "
+                             "before failing with EIO (default 60; 0 fails at once)")
+    parser.add_argument("--run-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
+    parser.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="give up mounting if the API has not answered the first calls by then (default 30)")
     parser.add_argument("--show-remote-owner", action="store_true",
                         help="show the VM's uid/gid and pass chown through (default: files look owned by you)")
     parser.add_argument("--spool-dir", help="private directory for cached contents, write buffers and rescue files")
@@ -63,11 +70,18 @@ def build_config(args: argparse.Namespace):
 
     if args.cache_ttl <= 0:
         raise CommandError("--cache-ttl must be positive")
+    if args.outage_timeout < 0:
+        raise CommandError("--outage-timeout must not be negative")
+    if args.run_timeout <= 0:
+        raise CommandError("--run-timeout must be positive")
+    if args.connect_timeout <= 0:
+        raise CommandError("--connect-timeout must be positive")
     mountpoint = os.path.realpath(args.mountpoint)
     check_mountpoint(mountpoint)
     api_key = None
+    env_key = os.environ.pop("ARKER_API_KEY", None)  # read once: no child process inherits it
     if not args.local:
-        api_key = read_key_file(args.api_key_file) if args.api_key_file else os.environ.get("ARKER_API_KEY")
+        api_key = read_key_file(args.api_key_file) if args.api_key_file else env_key
         if not api_key:
             raise CommandError("no API key: set ARKER_API_KEY or pass --api-key-file")
     options = tuple(o for group in args.fuse_options for o in group.split(",") if o)
@@ -79,6 +93,9 @@ def build_config(args: argparse.Namespace):
         list_base_url=args.list_base_url or args.base_url,  # one server answers both by default
         cache_ttl=args.cache_ttl,
         read_only=args.read_only,
+        outage_timeout=args.outage_timeout,
+        run_timeout=args.run_timeout,
+        connect_timeout=args.connect_timeout,
         show_remote_owner=args.show_remote_owner,
         fuse_options=options,
         spool_dir=os.path.abspath(args.spool_dir) if args.spool_dir else str(runtime.default_spool_dir(mountpoint)),
@@ -93,6 +110,8 @@ def check_mountpoint(mountpoint: str) -> None:
     from arkerfs.mount import runtime
 
     entry = runtime.mount_entry(mountpoint)
+    if entry is not None and entry[1] == "fuse.arkerfs" and _remove_stale(mountpoint):
+        entry = None
     if entry is not None:
         if entry[1] == "fuse.arkerfs":
             raise CommandError(f"{mountpoint} is already mounted ({entry[0]})")
@@ -107,6 +126,35 @@ def check_mountpoint(mountpoint: str) -> None:
         raise CommandError(f"mount point {mountpoint} is not a directory")
     if os.listdir(mountpoint):
         raise CommandError(f"mount point {mountpoint} is not empty")
+
+
+def _remove_stale(mountpoint: str) -> bool:
+    """Lazily unmount an arkerfs mount whose daemon is gone (ENOTCONN); True if it was removed.
+
+    A mount whose daemon is alive is never touched (nor stat'ed: that would wait for it).
+    """
+    import errno
+
+    from arkerfs.mount import runtime
+
+    state = runtime.read_state(mountpoint)
+    if state is not None and runtime.daemon_alive(state):
+        return False
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            return False
+    else:
+        return False
+    done = runtime.lazy_unmount(mountpoint)
+    if done.returncode != 0:
+        raise CommandError(f"{mountpoint} is a stale mount (its daemon died) and fusermount3 -u -z failed: "
+                           f"{done.stderr.strip()}")
+    runtime.remove_state(mountpoint)
+    print(f"arkerfs mount: removed a stale mount at {mountpoint} (its daemon had died; "
+          "writes it had not pushed are lost)", file=sys.stderr)
+    return True
 
 
 def read_key_file(path: str) -> str:
@@ -162,6 +210,8 @@ def _run_daemon(config, debug: bool, *, ready_fd: int | None) -> int:
     def ready(reason: str | None) -> None:
         nonlocal reported
         reported = True
+        if reason is not None:  # one line, whatever a misbehaving server put in its message
+            reason = " ".join(reason.split())[:MAX_REASON_CHARS]
         if reason is not None and ready_fd is None:
             print(f"arkerfs mount: {reason}", file=sys.stderr)
         if ready_fd is not None:

@@ -30,6 +30,9 @@ from arkerfs.protocol import HOME
 log = logging.getLogger(__name__)
 
 SHUTDOWN_PUSH_DEADLINE = 900.0  # seconds to push pending writes at unmount
+# A mount rides out short 429/503 storms: 6 attempts back off ~0.2+0.4+0.8+1.6+2 s ≈ 5 s
+# before EIO (the SDK default is 4, ≈ 1.4 s). Connect failures wait up to --outage-timeout.
+MOUNT_RETRY_ATTEMPTS = 6
 
 
 class MountError(Exception):
@@ -45,6 +48,9 @@ class MountConfig:
     list_base_url: str | None = None
     cache_ttl: float = 3.0
     read_only: bool = False
+    outage_timeout: float = 60.0  # see docs/RELIABILITY.md: wait this long for an unreachable API
+    run_timeout: float = 60.0  # server-side bound of every run the mount issues
+    connect_timeout: float = 30.0  # the whole of resolving + probing the VM before mounting
     show_remote_owner: bool = False
     fuse_options: tuple[str, ...] = ()
     spool_dir: str = ""
@@ -98,6 +104,7 @@ async def _start_local_server(config: MountConfig, nursery: trio.Nursery) -> Non
 async def _connect(config: MountConfig):
     """Resolve the VM and list /home/user once; returns (Arker, RemoteFS, (attrs, entries))."""
     from arkerfs.client import Arker, ArkerError
+    from arkerfs.client.retry import RetryPolicy
     from arkerfs.fs.errors import FsError
     from arkerfs.fs.remote import RemoteFS
 
@@ -106,15 +113,23 @@ async def _connect(config: MountConfig):
     except ArkerError as exc:
         raise MountError(exc.message) from None
     try:
-        try:
-            vm = await arker.resolve(config.vm)
-        except ArkerError as exc:
-            if not (config.local and exc.code == "not_found"):
-                raise
-            log.info("creating VM %s from arkuntu", config.vm)
-            vm = await arker.vm("arkuntu").fork(name=config.vm)
-        remote = RemoteFS(vm)
-        probe = await remote.list_dir(HOME.encode())
+        # A server that accepts connections but never answers must not hang the mount command.
+        with trio.move_on_after(config.connect_timeout) as deadline:
+            try:
+                vm = await arker.resolve(config.vm)
+            except ArkerError as exc:
+                if not (config.local and exc.code == "not_found"):
+                    raise
+                log.info("creating VM %s from arkuntu", config.vm)
+                vm = await arker.vm("arkuntu").fork(name=config.vm)
+            remote = RemoteFS(vm, run_timeout=config.run_timeout)
+            probe = await remote.list_dir(HOME.encode())
+        if deadline.cancelled_caught:
+            await arker.aclose()
+            raise MountError(f"no answer from the Arker API at {config.base_url or 'the default host'} "
+                             f"within {config.connect_timeout:g} s (--connect-timeout)")
+        # Mounting fails fast on an unreachable API; once mounted, an outage is waited out.
+        arker.retry = RetryPolicy(attempts=MOUNT_RETRY_ATTEMPTS, outage_deadline=config.outage_timeout)
     except ArkerError as exc:
         await arker.aclose()
         raise MountError(_api_reason(config, exc)) from None
@@ -155,7 +170,9 @@ async def _serve(config: MountConfig, remote, probe, ready) -> runtime.MountResu
     root_attrs, entries = probe
     vfs.cache.store_listing(HOME.encode(), root_attrs, entries, vfs.cache.generation)
     kernel_timeout = min(1.0, config.cache_ttl)
-    ops = Operations(vfs, kernel_timeout=kernel_timeout, negative_timeout=kernel_timeout)
+    # The handler deadline must outlast an outage wait (plus a reconciliation probe).
+    ops = Operations(vfs, kernel_timeout=kernel_timeout, negative_timeout=kernel_timeout,
+                     deadline=max(120.0, config.outage_timeout + config.run_timeout + 60.0))
     options = set(pyfuse3.default_options)
     options |= {f"fsname=arkerfs:{config.vm}", "subtype=arkerfs", *config.fuse_options}
     if config.read_only:

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # errnos that signal trouble with the remote rather than an ordinary answer
 _NOTEWORTHY = {errno.EIO, errno.ETIMEDOUT, errno.EAGAIN}
+# a full local disk (spool files, rescue copies) is the caller's errno, not a bug
+_LOCAL_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 def _boundary(*, long: bool = False):
@@ -38,6 +40,7 @@ def _boundary(*, long: bool = False):
         @functools.wraps(fn)
         async def handler(self: Operations, *args):
             deadline = self.upload_deadline if long else self.deadline
+            log.debug("%s%r", fn.__name__, _brief(args))
             try:
                 with trio.fail_after(deadline):
                     return await fn(self, *args)
@@ -50,6 +53,12 @@ def _boundary(*, long: bool = False):
             except trio.TooSlowError:
                 log.warning("%s%r gave up after %.0f s", fn.__name__, _brief(args), deadline)
                 raise pyfuse3.FUSEError(errno.ETIMEDOUT) from None
+            except OSError as exc:
+                if exc.errno not in _LOCAL_DISK_FULL:
+                    log.exception("unexpected error in %s%r", fn.__name__, _brief(args))
+                    raise pyfuse3.FUSEError(errno.EIO) from None
+                log.warning("%s%r failed: local spool: %s", fn.__name__, _brief(args), exc)
+                raise pyfuse3.FUSEError(exc.errno) from None
             except Exception:
                 log.exception("unexpected error in %s%r", fn.__name__, _brief(args))
                 raise pyfuse3.FUSEError(errno.EIO) from None
@@ -132,8 +141,7 @@ class Operations(pyfuse3.Operations):
 
     @_boundary(long=True)
     async def setattr(self, inode, attr, fields, fh, ctx):
-        attrs = await self.vfs.setattr(
-            inode, fh,
+        changes = dict(
             mode=attr.st_mode if fields.update_mode else None,
             uid=attr.st_uid if fields.update_uid else None,
             gid=attr.st_gid if fields.update_gid else None,
@@ -141,6 +149,8 @@ class Operations(pyfuse3.Operations):
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
+        log.debug("setattr(%d) fh=%s %s", inode, fh, {k: v for k, v in changes.items() if v is not None})
+        attrs = await self.vfs.setattr(inode, fh, **changes)
         return self.entry(inode, attrs)
 
     @_boundary()
