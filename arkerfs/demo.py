@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
+import sys
 
 VM_NAME = "demo"
 
@@ -49,5 +51,13 @@ The demo VM's /home/user is mounted at {mnt}. Try:
 
 When you are done:
 
-  arkerfs umount {q}      (or: python -m arkerfs umount {q})
+  {_arkerfs_command()} umount {q}
 """
+
+
+def _arkerfs_command() -> str:
+    """How to call arkerfs from here: the venv's script when it is not on PATH (make demo)."""
+    script = os.path.join(os.path.dirname(sys.executable), "arkerfs")
+    if not os.path.exists(script) or shutil.which("arkerfs") == script:
+        return "arkerfs"
+    return shlex.quote(os.path.relpath(script) if script.startswith(os.getcwd() + os.sep) else script)
