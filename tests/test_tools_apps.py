@@ -358,7 +358,14 @@ def test_tar_thousand_files(m, api, control, tmp_path):
             == want  # the VM's
     # tar -c from the mount lists exactly what tar -c of the local copy lists
     listing = ("tar", "--sort=name", "--format=pax", "-cf", "-", ".")
-    ours = subprocess.run(listing, cwd=into, capture_output=True, check=True, timeout=120).stdout
+    made = subprocess.run(listing, cwd=into, capture_output=True, timeout=120)
+    # Known issue (docs/MOUNT.md): a directory's mtime/ctime just after the mount changed its
+    # entries can be an estimate until the cache refreshes it, and tar reports that flip as
+    # "file changed as we read it" (exit 1). Anything else tar says fails the test.
+    complaints = [line for line in made.stderr.decode(errors="replace").splitlines()
+                  if not line.endswith("file changed as we read it")]
+    assert made.returncode == 0 or (made.returncode == 1 and not complaints), complaints[-20:]
+    ours = made.stdout
     theirs = subprocess.run(listing, cwd=str(local), capture_output=True, check=True).stdout
     members = {i.name: i for i in tarfile.open(fileobj=io.BytesIO(theirs))}
     ours_members = list(tarfile.open(fileobj=io.BytesIO(ours)))

@@ -218,15 +218,17 @@ class MetaCache:
             self.invalidate(parent_of(a))
             self.invalidate(parent_of(b))
 
-    def dir_changed(self, path: bytes, nlink_delta: int = 0) -> None:
+    def dir_changed(self, path: bytes, nlink_delta: int = 0, when_ns: int | None = None) -> None:
         """The mount added or removed an entry of directory ``path``: the remote changed its mtime
         and ctime (and its link count by ``nlink_delta`` for a subdirectory). Until the entry
-        expires we show "now" (tools such as rsync re-stamp a directory whose mtime moved); a
-        stat of it still costs nothing."""
+        expires we show ``when_ns`` — the new entry's own ctime when the operation returned one,
+        which is the very time the VM's kernel stamped on the directory in the same system
+        call — else the local clock's "now" (tools such as rsync re-stamp a directory whose
+        mtime moved); a stat of it still costs nothing."""
         attrs = self.attrs(path)
         if attrs is None:
             return
-        now = time.time_ns()
+        now = time.time_ns() if when_ns is None else when_ns
         changed = replace(attrs, mtime_ns=now, ctime_ns=now, nlink=max(attrs.nlink + nlink_delta, 1))
         self.generation += 1
         if path in self._attrs:

@@ -202,7 +202,7 @@ class VFS:
         path = self.inodes.child_path(parent, name)
         attrs = await self.remote.mkdir(path, stat.S_IMODE(mode))
         self.cache.added(path, attrs)
-        self.cache.dir_changed(self.inodes.path(parent), +1)
+        self.cache.dir_changed(self.inodes.path(parent), +1, attrs.ctime_ns)
         self.cache.store_listing(path, attrs, [], self.cache.generation)  # known empty
         return self._new_entry(parent, name, attrs)
 
@@ -220,7 +220,7 @@ class VFS:
         path = self.inodes.child_path(parent, name)
         attrs = await self.remote.mknod(path, mode, rdev)
         self.cache.added(path, attrs)
-        self.cache.dir_changed(self.inodes.path(parent))
+        self.cache.dir_changed(self.inodes.path(parent), when_ns=attrs.ctime_ns)
         return self._new_entry(parent, name, attrs)
 
     async def symlink(self, parent: int, name: bytes, target: bytes) -> tuple[int, Attrs]:
@@ -228,7 +228,7 @@ class VFS:
         path = self.inodes.child_path(parent, name)
         attrs = await self.remote.symlink(target, path)
         self.cache.added(path, attrs)
-        self.cache.dir_changed(self.inodes.path(parent))
+        self.cache.dir_changed(self.inodes.path(parent), when_ns=attrs.ctime_ns)
         return self._new_entry(parent, name, attrs)
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> tuple[int, Attrs]:
@@ -238,7 +238,7 @@ class VFS:
         attrs = await self.remote.link(old, new)
         self._cache_all_names(ino, old, attrs)  # every earlier name's nlink moved too
         self.cache.added(new, attrs)
-        self.cache.dir_changed(self.inodes.path(new_parent))
+        self.cache.dir_changed(self.inodes.path(new_parent), when_ns=attrs.ctime_ns)
         self.inodes.set_attrs(ino, attrs)  # nlink > 1 now: registers the remote inode
         return self._new_entry(new_parent, new_name, attrs)
 
@@ -302,7 +302,7 @@ class VFS:
         path = self.inodes.child_path(parent, name)
         try:
             attrs = await self.remote.create_empty(path, stat.S_IMODE(mode), exclusive=True)
-            self.cache.dir_changed(self.inodes.path(parent))
+            self.cache.dir_changed(self.inodes.path(parent), when_ns=attrs.ctime_ns)
         except FsError as exc:
             # The kernel sends create only when it believes the name is free; if it appeared in
             # the VM meanwhile, a plain O_CREAT must open it rather than fail.
