@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import tempfile
+
 import pytest
 
+from arkerfs.client import Arker
+from arkerfs.mount import runtime
 from arkerfs.server.control import ServerProcess
+from tests.mountutil import Api, mounted
 
 TEST_KEY = "ark_test_0123456789abcdef"
 # Low inline-read limit so presigned reads are exercised with small files.
@@ -35,3 +42,44 @@ def control(server):
     ctl.clear_faults()
     yield ctl
     ctl.clear_faults()
+
+
+@pytest.fixture
+def api(server):
+    """Synchronous access to the VM's truth, to check what a mount claims."""
+    return Api(server)
+
+
+@pytest.fixture
+def m(server, control):
+    """A fresh fork mounted for one test (always unmounted in teardown)."""
+    with mounted(server) as mount:
+        yield mount
+
+
+@pytest.fixture
+async def arker(server):
+    """An SDK client for the session server (every route on one origin)."""
+    async with Arker(server.api_key, base_url=server.base_url, list_base_url=server.base_url) as client:
+        yield client
+
+
+@pytest.fixture
+async def vm(arker):
+    """A fresh fork of arkuntu, deleted after the test."""
+    child = await arker.vm("arkuntu").fork()
+    yield child
+    await child.delete()
+
+
+@pytest.fixture
+def workdir():
+    """A temp dir with an empty ``mnt`` for mount-command tests; fails if a mount is left."""
+    path = tempfile.mkdtemp(prefix="arkerfs-cli-")
+    os.mkdir(os.path.join(path, "mnt"))
+    yield path
+    mnt = os.path.join(path, "mnt")
+    if runtime.mount_entry(mnt) is not None:  # never leave a mount behind, whatever happened
+        subprocess.run(["fusermount3", "-u", "-z", mnt])
+        pytest.fail(f"test left {mnt} mounted")
+    subprocess.run(["rm", "-rf", path])

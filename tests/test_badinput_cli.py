@@ -14,18 +14,16 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 import pytest
-import trio
 
 from arkerfs.client import Arker, ArkerError, RetryPolicy
 from arkerfs.client.transport import MAX_API_RESPONSE
 from arkerfs.mount import runtime
 from arkerfs.server.control import ServerProcess
-from tests.mountutil import Api, mounted
+from tests.mountutil import mounted
 
 VM_ID = "01KQBYKEV5WJ7YB010603T1DCT_d8c0"  # id-shaped: the mount probes it without a list call
 KEY = "ark_badinput_key_0123456789abcdef"
@@ -138,18 +136,6 @@ def closed_port(host: str = "127.0.0.1") -> int:
 
 
 # -- the mount command ----------------------------------------------------------------------------
-@pytest.fixture
-def workdir():
-    path = tempfile.mkdtemp(prefix="arkerfs-bad-")
-    os.mkdir(os.path.join(path, "mnt"))
-    yield path
-    mnt = os.path.join(path, "mnt")
-    if runtime.mount_entry(mnt) is not None:  # never leave a mount behind, whatever happened
-        subprocess.run(["fusermount3", "-u", "-z", mnt])
-        pytest.fail(f"test left {mnt} mounted")
-    subprocess.run(["rm", "-rf", path])
-
-
 def mount_cmd(workdir: str, url: str, vm: str, *extra: str, key: str = KEY,
               timeout: float = 60) -> tuple[subprocess.CompletedProcess, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARKER_")}

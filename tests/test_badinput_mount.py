@@ -13,20 +13,9 @@ import pytest
 
 from arkerfs.mount import runtime
 from arkerfs.protocol import CLIENT_MAX_FILE_BYTES as LIMIT
-from tests.mountutil import Api, mounted
+from tests.mountutil import mounted
 
 MB = 1024 * 1024
-
-
-@pytest.fixture
-def api(server):
-    return Api(server)
-
-
-@pytest.fixture
-def m(server, control):
-    with mounted(server) as mount:
-        yield mount
 
 
 def errno_of(fn, *args):

@@ -23,19 +23,10 @@ import time
 
 import pytest
 
-from tests.mountutil import Api, mounted
+from tests.mountutil import mounted
 
 MB = 1024 * 1024
 LONG_TTL = ("--cache-ttl", "600")  # nothing expires during a measurement
-
-
-@pytest.fixture
-def api(server):
-    return Api(server)
-
-
-def calls(control) -> dict[str, int]:
-    return {route: n for route, n in control.calls().items() if n}
 
 
 def sh(*cmd: str, cwd: str | None = None) -> str:
@@ -76,7 +67,7 @@ def test_ls_l_and_stat_of_every_entry_cost_one_listing(server, api, control):
         assert sh("ls", "-l", m.p("many")).count("\n") == 101
         for i in range(1, 101):
             assert os.stat(m.p("many", f"f{i}")).st_size == len(f"{i}\n")
-        assert calls(control) == {"run": 1}
+        assert control.nonzero_calls() == {"run": 1}
 
 
 def test_expired_siblings_and_absent_names_refresh_with_one_listing(server, api, control):
@@ -94,7 +85,7 @@ def test_expired_siblings_and_absent_names_refresh_with_one_listing(server, api,
                 with pytest.raises(FileNotFoundError):
                     os.stat(name, dir_fd=fd)
             assert os.stat("g", dir_fd=fd).st_size == 4  # appeared in the VM: seen after the TTL
-            assert calls(control) == {"run": 1}  # was 30 lstats + 3 negative lstats + 1
+            assert control.nonzero_calls() == {"run": 1}  # was 30 lstats + 3 negative lstats + 1
             assert sizes[0] == len("changed-in-the-vm\n") and sizes[1:] == [len(f"{i}\n") for i in range(2, 31)]
         finally:
             os.close(fd)
@@ -112,7 +103,7 @@ def test_a_listed_directory_replaced_in_the_vm_is_seen_after_the_ttl(server, api
         assert stat.S_ISREG(st.st_mode) and st.st_size == 5
         with pytest.raises(NotADirectoryError):
             os.stat(m.p("d", "f"))
-        assert calls(control) == {"run": 1}  # the root's refresh listing already shows d as a file
+        assert control.nonzero_calls() == {"run": 1}  # the root's refresh listing already shows d as a file
 
 
 def test_no_op_setattr_costs_nothing(server, api, control):
@@ -129,10 +120,10 @@ def test_no_op_setattr_costs_nothing(server, api, control):
         os.truncate(f, 5)
         with open(f, "rb") as fh:
             os.fchmod(fh.fileno(), 0o640)
-        assert calls(control) == {}
+        assert control.nonzero_calls() == {}
         assert os.stat(f).st_mtime_ns == st.st_mtime_ns
         os.chmod(f, 0o600)  # a real change: one run
-        assert calls(control) == {"run": 1}
+        assert control.nonzero_calls() == {"run": 1}
         assert api.sh(vm, "stat -c %a /home/user/f") == "600\n"
 
 
@@ -144,7 +135,7 @@ def test_chown_to_the_shown_remote_owner_costs_nothing(server, api, control):
         control.reset_stats()
         os.chown(m.p("f"), st.st_uid, st.st_gid)
         os.lchown(m.p("f"), st.st_uid, -1)
-        assert calls(control) == {}
+        assert control.nonzero_calls() == {}
 
 
 # == writes: one upload, follow-ups folded =================================================
@@ -153,7 +144,7 @@ def test_create_write_close_is_one_run_and_one_upload(server, api, control):
         control.reset_stats()
         with open(m.p("new.txt"), "wb") as f:
             f.write(b"hello\n")
-        assert calls(control) == {"run": 1, "sync_write": 1}
+        assert control.nonzero_calls() == {"run": 1, "sync_write": 1}
         assert api.read_file(m.vm_id, "/home/user/new.txt") == b"hello\n"
 
 
@@ -169,10 +160,10 @@ def test_tar_style_futimens_and_fchmod_before_close_fold_into_the_upload(server,
             os.fchmod(fd, 0o644)
             shown = os.fstat(fd)  # the kernel sees the new mode and times at once
             assert stat.S_IMODE(shown.st_mode) == 0o644 and shown.st_mtime_ns == 1_500_000_000_987_654_321
-            assert calls(control) == {"run": 1}  # only the create so far
+            assert control.nonzero_calls() == {"run": 1}  # only the create so far
         finally:
             os.close(fd)
-        assert calls(control) == {"run": 2, "sync_write": 1}  # + upload + ONE follow-up run
+        assert control.nonzero_calls() == {"run": 2, "sync_write": 1}  # + upload + ONE follow-up run
         assert api.sh(m.vm_id, "stat -c '%a %s %.9Y' /home/user/x.txt") == "644 5 1500000000.987654321\n"
         assert api.read_file(m.vm_id, "/home/user/x.txt") == b"data\n"
 
@@ -185,8 +176,8 @@ def test_chmod_while_data_is_pending_is_applied_with_the_upload(server, api, con
             f.flush()
             os.chmod(m.p("s.sh"), 0o755)  # by path, while another handle holds unsent data
             assert stat.S_IMODE(os.stat(m.p("s.sh")).st_mode) == 0o755
-            assert calls(control) == {}
-        assert calls(control) == {"run": 1, "sync_write": 1}
+            assert control.nonzero_calls() == {}
+        assert control.nonzero_calls() == {"run": 1, "sync_write": 1}
         assert api.sh(m.vm_id, "stat -c %a /home/user/s.sh") == "755\n"
 
 
@@ -197,7 +188,7 @@ def test_cp_r_budget(server, api, control, tmp_path):
         control.reset_stats()
         sh("cp", "-r", tree, m.p("copied"))
         # one mkdir per directory, one create + one upload per file; nothing else
-        assert calls(control) == {"run": 13, "sync_write": 10}
+        assert control.nonzero_calls() == {"run": 13, "sync_write": 10}
         assert api.sh(m.vm_id, "find /home/user/copied -type f | wc -l") == "10\n"
 
 
@@ -209,11 +200,11 @@ def test_rsync_budget(server, api, control, tmp_path):
         # per file: create, upload + mode re-apply (rsync's temp file is 0600), utimens, chmod,
         # rename (its no-op fchmod right after create costs nothing); per directory: mkdir,
         # times and chmod (rsync makes them 0700 first), and times again once filled
-        assert calls(control) == {"run": 61, "sync_write": 10}
+        assert control.nonzero_calls() == {"run": 61, "sync_write": 10}
         assert remote_tree(api, m.vm_id, "synced") == local_tree(tree)
         control.reset_stats()
         sh("rsync", "-a", tree + "/", m.p("synced/"))
-        assert calls(control) == {}  # all cached: nothing to do
+        assert control.nonzero_calls() == {}  # all cached: nothing to do
 
 
 def test_rsync_again_after_expiry_costs_one_listing_per_directory(server, api, control, tmp_path):
@@ -227,7 +218,7 @@ def test_rsync_again_after_expiry_costs_one_listing_per_directory(server, api, c
         control.reset_stats()
         sh("rsync", "-a", tree + "/", m.p("synced/"))
         # synced (its own attrs and entries), d0, d1: was one lstat per name (13)
-        assert calls(control) == {"run": 3}
+        assert control.nonzero_calls() == {"run": 3}
 
 
 def test_find_costs_one_listing_per_directory(server, api, control, tmp_path):
@@ -236,7 +227,7 @@ def test_find_costs_one_listing_per_directory(server, api, control, tmp_path):
     with mounted(server, *LONG_TTL, vm_id=vm) as m:
         control.reset_stats()
         assert sh("find", ".", cwd=m.p("t")).count("\n") == 7
-        assert calls(control) == {"run": 5}  # t, t/a, t/a/b, t/c, and find's statfs
+        assert control.nonzero_calls() == {"run": 5}  # t, t/a, t/a/b, t/c, and find's statfs
 
 
 # == large reads ===========================================================================
@@ -249,7 +240,7 @@ def test_sequential_read_of_a_large_file_grows_its_ranged_gets(server, api, cont
         with open(m.p("big.bin"), "rb") as f:
             assert f.read() == data
         # one sync read, then GETs of 1 + 2 + 4 + 8 + 5 chunks (was 20 GETs)
-        assert calls(control) == {"sync_read": 1, "presigned_get": 5}
+        assert control.nonzero_calls() == {"sync_read": 1, "presigned_get": 5}
 
 
 def test_random_reads_of_a_large_file_fetch_one_chunk_each(server, api, control):
@@ -265,7 +256,7 @@ def test_random_reads_of_a_large_file_fetch_one_chunk_each(server, api, control)
                 assert os.pread(fd, 4096, offset) == data[offset:offset + 4096]
         finally:
             os.close(fd)
-        assert calls(control) == {"sync_read": 1, "presigned_get": 5}
+        assert control.nonzero_calls() == {"sync_read": 1, "presigned_get": 5}
 
 
 # == the refresh rules, without a kernel =====================================================

@@ -27,17 +27,6 @@ async def arker(server):
         yield client
 
 
-@pytest.fixture
-async def vm(arker):
-    child = await arker.vm("arkuntu").fork()
-    yield child
-    await child.delete()
-
-
-def total_calls(control) -> int:
-    return sum(control.calls().values())
-
-
 @contextmanager
 def faults(control, **settings):
     """Faults on for the block only: async fixture teardown (VM delete) runs before ``control``'s."""
@@ -76,7 +65,7 @@ async def test_half_the_calls_failing_still_succeeds(server, control):
                 assert await vm.sync.read_file("/home/user/big.bin") == big
                 assert (await arker.list()).total >= 1
             # 12 small calls, presign + PUT + commit, read + GET, list: 18 without any failure.
-            assert total_calls(control) > 18
+            assert control.total_calls() > 18
         finally:
             await vm.delete()
 

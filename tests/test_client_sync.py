@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from arkerfs.client import Arker, ArkerError, RemoteFile
+from arkerfs.client import ArkerError, RemoteFile
 from arkerfs.protocol import CHUNK_SIZE, CLIENT_MAX_FILE_BYTES
 
 MiB = 1024 * 1024
@@ -17,36 +17,19 @@ def blob(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-@pytest.fixture
-async def arker(server):
-    async with Arker(server.api_key, base_url=server.base_url, list_base_url=server.base_url) as client:
-        yield client
-
-
-@pytest.fixture
-async def vm(arker):
-    child = await arker.vm("arkuntu").fork()
-    yield child
-    await child.delete()
-
-
-def total_calls(control) -> int:
-    return sum(control.calls().values())
-
-
 async def test_small_write_and_inline_read(vm, control):
     control.reset_stats()
     await vm.sync.write_file("/home/user/small.txt", "héllo\n")  # str is written as UTF-8
     f = await vm.sync.open_read("/home/user/small.txt")
     calls = control.calls()
-    assert (calls["sync_write"], calls["sync_read"], total_calls(control)) == (1, 1, 2)
+    assert (calls["sync_write"], calls["sync_read"], control.total_calls()) == (1, 1, 2)
     assert isinstance(f, RemoteFile) and f.inline and not f.expired
     assert (f.path, f.size) == ("/home/user/small.txt", len("héllo\n".encode()))
     control.reset_stats()
     assert await f.read_all() == "héllo\n".encode()
     assert await f.read_range(1, 2) == "é".encode()
     assert await f.read_range(5, 100) == b"o\n"
-    assert total_calls(control) == 0  # inline slices never call out
+    assert control.total_calls() == 0  # inline slices never call out
 
 
 async def test_bytearray_memoryview_and_small_local_file(vm, tmp_path):
@@ -108,7 +91,7 @@ async def test_ranged_reads_on_a_presigned_file(vm, control):
     assert await f.read_range(len(data), 10) == b""  # at EOF: nothing to fetch
     assert await f.read_range(len(data) + 50, 10) == b""
     assert await f.read_range(0, 0) == b""
-    assert total_calls(control) == 0
+    assert control.total_calls() == 0
     with pytest.raises(ValueError):
         await f.read_range(-1, 10)
 
@@ -130,7 +113,7 @@ async def test_refuses_over_100_mb_without_any_call(vm, control, tmp_path):
     with pytest.raises(ArkerError) as info:
         await vm.sync.write_file("/home/user/huge.bin", huge)
     assert (info.value.code, info.value.status) == ("payload_too_large", 0)
-    assert total_calls(control) == 0
+    assert control.total_calls() == 0
 
 
 async def test_refuses_empty_data_without_any_call(vm, control):
@@ -139,7 +122,7 @@ async def test_refuses_empty_data_without_any_call(vm, control):
         with pytest.raises(ArkerError) as info:
             await vm.sync.write_file("/home/user/empty.txt", empty)
         assert (info.value.code, info.value.status) == ("bad_request", 0)
-    assert total_calls(control) == 0
+    assert control.total_calls() == 0
 
 
 @pytest.mark.parametrize(
@@ -155,7 +138,7 @@ async def test_path_rule_violations_are_refused_locally(vm, control, path):
     for info in (read_info, write_info):
         assert (info.value.code, info.value.status) == ("bad_request", 0)
         assert "path" in info.value.message
-    assert total_calls(control) == 0
+    assert control.total_calls() == 0
 
 
 async def test_missing_file_and_directory_errors(vm):

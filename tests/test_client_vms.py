@@ -20,12 +20,6 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-async def arker(server):
-    async with Arker(server.api_key, base_url=server.base_url, list_base_url=server.base_url) as client:
-        yield client
-
-
-@pytest.fixture
 async def vm(arker):
     child = await arker.vm("arkuntu").fork()
     yield child
@@ -38,10 +32,6 @@ async def delete_quietly(vm: VM) -> None:
     except ArkerError as exc:
         if exc.code != "not_found":  # the test deleted it already
             raise
-
-
-def total_calls(control) -> int:
-    return sum(control.calls().values())
 
 
 # -- list and resolve -------------------------------------------------------------------------
@@ -83,7 +73,7 @@ async def test_resolve_by_id_makes_no_call(arker, control):
     control.reset_stats()
     handle = await arker.resolve("01KQBYKEV5WJ7YB010603T1DCT_d8c0")
     assert handle.id == "01KQBYKEV5WJ7YB010603T1DCT_d8c0"
-    assert total_calls(control) == 0
+    assert control.total_calls() == 0
 
 
 async def test_resolve_by_name_unknown_and_ambiguous(arker):

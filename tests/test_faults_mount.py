@@ -26,11 +26,6 @@ RETRY_NOISE = (r"WARNING arkerfs\.client: .*giving up", r"WARNING arkerfs\.mount
                r"WARNING arkerfs\.fs\.remote: ")
 
 
-@pytest.fixture
-def api(server):
-    return Api(server)
-
-
 def allow(m, *patterns: str) -> None:
     for pattern in patterns:
         m.allow_log(pattern)

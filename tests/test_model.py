@@ -51,7 +51,7 @@ import pytest
 import hypothesis
 from hypothesis import HealthCheck, reproduce_failure, seed, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
+from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule,
                                  run_state_machine_as_test)
 
 from tests.modelfs import (MountKeeper, canaries, diff_trees, hostile_names, outcome, snapshot,

@@ -11,12 +11,7 @@ import time
 
 import pytest
 
-from tests.mountutil import Api, mounted
-
-
-@pytest.fixture
-def api(server):
-    return Api(server)
+from tests.mountutil import mounted
 
 
 @pytest.fixture

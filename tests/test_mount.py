@@ -10,24 +10,9 @@ import time
 
 import pytest
 
-from tests.mountutil import Api, mounted
+from tests.mountutil import mounted
 
 MB = 1024 * 1024
-
-
-@pytest.fixture
-def api(server):
-    return Api(server)
-
-
-@pytest.fixture
-def m(server, control):
-    with mounted(server) as mount:
-        yield mount
-
-
-def calls(control) -> dict[str, int]:
-    return {route: n for route, n in control.calls().items() if n}
 
 
 def errno_of(fn, *args):
@@ -58,17 +43,17 @@ def test_ls_l_costs_one_listing_and_entry_stats_cost_nothing(server, api, contro
         control.reset_stats()
         listing = sh("ls", "-l", m.p("many"))
         assert listing.count("\n") == 31  # "total" + 30 entries
-        assert calls(control) == {"run": 1}
+        assert control.nonzero_calls() == {"run": 1}
         for i in range(1, 31):
             assert os.stat(m.p("many", f"f{i}")).st_size == len(f"{i}\n")
-        assert calls(control) == {"run": 1}
+        assert control.nonzero_calls() == {"run": 1}
 
 
 def test_create_write_read_append_overwrite_truncate(m, api, control):
     f = m.p("notes.txt")
     control.reset_stats()
     write(f, b"hello\n")
-    assert calls(control) == {"run": 1, "sync_write": 1}  # create + one upload at close
+    assert control.nonzero_calls() == {"run": 1, "sync_write": 1}  # create + one upload at close
     assert read(f) == b"hello\n"
     assert api.read_file(m.vm_id, "/home/user/notes.txt") == b"hello\n"
     write(f, b"more\n", "ab")
@@ -82,7 +67,7 @@ def test_create_write_read_append_overwrite_truncate(m, api, control):
     control.reset_stats()
     with open(m.p("empty"), "w"):
         pass
-    assert calls(control) == {"run": 1}  # exactly the create run, no upload
+    assert control.nonzero_calls() == {"run": 1}  # exactly the create run, no upload
     assert api.sh(m.vm_id, "stat -c %s /home/user/empty") == "0\n"
 
 
@@ -124,7 +109,7 @@ def test_six_megabytes_byte_exact_both_ways(server, api, control):
         with open(m.p("down.bin"), "rb") as fh:
             fh.seek(5 * MB)
             assert fh.read(10) == down[5 * MB:5 * MB + 10]
-            got = calls(control)
+            got = control.nonzero_calls()
             # served through the presigned URL by ranges, not downloaded whole first
             assert got.get("sync_read") == 1 and 1 <= got.get("presigned_get", 0) <= 2, got
             fh.seek(0)

@@ -9,30 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
 from arkerfs.mount import runtime
-from tests.mountutil import Api, daemon_command, log_problems, mounted, teardown, wait_for_mount
-
-
-@pytest.fixture
-def api(server):
-    return Api(server)
-
-
-@pytest.fixture
-def workdir():
-    path = tempfile.mkdtemp(prefix="arkerfs-cli-")
-    os.mkdir(os.path.join(path, "mnt"))
-    yield path
-    mnt = os.path.join(path, "mnt")
-    if runtime.mount_entry(mnt) is not None:  # never leave a mount behind, whatever happened
-        subprocess.run(["fusermount3", "-u", "-z", mnt])
-        pytest.fail(f"test left {mnt} mounted")
-    subprocess.run(["rm", "-rf", path])
+from tests.mountutil import daemon_command, log_problems, mounted, teardown, wait_for_mount
 
 
 def arkerfs(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -21,13 +21,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from arkerfs.mount import runtime
-from arkerfs.protocol import ARKUNTU_ID, new_ulid
+from arkerfs.protocol import ARKUNTU_ID
 from conftest import TEST_INLINE_READ_LIMIT
 from test_server_support import (  # noqa: F401  (api, http, vm are fixtures)
     api, assert_error, client, fork, home_of, http, run, sync, vm, write, write_entry,
 )
-from tests.mountutil import Api, mounted
+from tests.mountutil import mounted
 
 MB = 1024 * 1024
 

@@ -20,11 +20,6 @@ MB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def api(server):
-    return Api(server)
-
-
-@pytest.fixture(scope="module")
 def m(server):
     with mounted(server) as mount:
         yield mount
@@ -40,10 +35,6 @@ def run(*cmd: str, cwd: str | None = None, env: dict | None = None, timeout: flo
                           env={**os.environ, **(env or {})})
     assert done.returncode == 0, (cmd, done.stdout, done.stderr)
     return done.stdout
-
-
-def calls(control) -> dict[str, int]:
-    return {route: n for route, n in control.calls().items() if n}
 
 
 def vm_ls(api: Api, m, rel: str) -> list[str]:
@@ -213,12 +204,12 @@ def test_rsync_archive_round_trip(m, api, control, tmp_path):
     dst = m.p("dst")
     control.reset_stats()
     run("rsync", "-a", f"{src}/", f"{dst}/")
-    first = calls(control)
+    first = control.nonzero_calls()
     # nothing differs by content, time, mode or link: dry-run itemizes nothing
     assert run("rsync", "-a", "--checksum", "--dry-run", "--itemize-changes", f"{src}/", f"{dst}/") == ""
     control.reset_stats()
     assert run("rsync", "-a", "--itemize-changes", f"{src}/", f"{dst}/") == ""  # a no-op
-    again = calls(control)
+    again = control.nonzero_calls()
     assert again.get("sync_write", 0) == 0, again
     # the VM holds exactly the source: modes, ns mtimes (dirs and links too), link targets, sizes
     local = tree_lines(run("find", src, "-mindepth", "1", "-printf", TREE_FMT))
@@ -339,7 +330,7 @@ def test_tar_thousand_files(m, api, control, tmp_path):
     os.mkdir(into)
     control.reset_stats()
     run("tar", "-xf", str(archive), "-C", into, timeout=400)
-    cost = calls(control)
+    cost = control.nonzero_calls()
     print(f"tar -x of {TAR_FILES} files + 22 dirs + 40 symlinks:", cost)
     # measured: a create, an upload and a run for times (and mode) per file; mkdir, chmod and
     # utimes per directory; symlink and utimes per link (plus tar's placeholders). Bounded at

@@ -28,11 +28,6 @@ NAMES = [
 
 
 @pytest.fixture(scope="module")
-def api(server):
-    return Api(server)
-
-
-@pytest.fixture(scope="module")
 def m(server):
     with mounted(server) as mount:
         yield mount

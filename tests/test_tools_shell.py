@@ -21,11 +21,6 @@ from tests.mountutil import Api, mounted
 HOME = "/home/user"
 
 
-@pytest.fixture(scope="module")
-def api(server):
-    return Api(server)
-
-
 # made in the VM before the mount starts (a 3 MB file is past the inline-read limit)
 BIG = random.Random(7).randbytes(3 * 1024 * 1024 + 17)
 

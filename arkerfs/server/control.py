@@ -48,6 +48,13 @@ class LocalControl:
     def calls(self) -> dict[str, int]:
         return self.stats()["calls"]
 
+    def nonzero_calls(self) -> dict[str, int]:
+        """Only the routes that were called: what a test's failure message should show."""
+        return {route: n for route, n in self.calls().items() if n}
+
+    def total_calls(self) -> int:
+        return sum(self.calls().values())
+
     def reset_stats(self) -> None:
         with self._client() as c:
             c.post("/_local/stats/reset").raise_for_status()
