@@ -44,9 +44,9 @@ def control(server):
     ctl.clear_faults()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def api(server):
-    """Synchronous access to the VM's truth, to check what a mount claims."""
+    """Synchronous access to the VM's truth, to check what a mount claims (stateless)."""
     return Api(server)
 
 
