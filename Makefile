@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc bubblewrap rsync git vim
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc bubblewrap rsync git vim systemd
 STAMP := $(VENV)/.setup-stamp
 
 .PHONY: setup system-packages test demo serve bench clean

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from arkerfs.mount import runtime
+from arkerfs.mount import notify, runtime
 from arkerfs.protocol import HOME
 
 log = logging.getLogger(__name__)
@@ -190,6 +190,7 @@ async def _serve(config: MountConfig, remote, probe, ready) -> runtime.MountResu
         vm=config.vm, log_file=config.log_file, spool_dir=str(spool)))
     log.info("mounted VM %s at %s", config.vm, config.mountpoint)
     ready(None)
+    notify.ready(f"mounted VM {config.vm} at {config.mountpoint}")  # systemd Type=notify
     clean = False
     rescued: list[str] = []
     try:
@@ -199,6 +200,7 @@ async def _serve(config: MountConfig, remote, probe, ready) -> runtime.MountResu
             nursery.cancel_scope.cancel()
         clean = True
     finally:
+        notify.stopping("pushing pending writes before unmounting")
         try:
             with trio.move_on_after(SHUTDOWN_PUSH_DEADLINE) as scope:
                 scope.shield = True
@@ -223,6 +225,7 @@ async def _watch_signals(vfs) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("%s: pushing pending writes, then unmounting", signal.Signals(signum).name)
+            notify.stopping("pushing pending writes before unmounting")
             await vfs.push_all()
             pyfuse3.terminate()
             return
