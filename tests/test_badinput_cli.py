@@ -139,7 +139,7 @@ def closed_port(host: str = "127.0.0.1") -> int:
 def mount_cmd(workdir: str, url: str, vm: str, *extra: str, key: str = KEY,
               timeout: float = 60) -> tuple[subprocess.CompletedProcess, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARKER_")}
-    env |= {"XDG_RUNTIME_DIR": workdir, "XDG_CACHE_HOME": workdir, "ARKER_API_KEY": key}
+    env |= {"XDG_RUNTIME_DIR": workdir, "XDG_CACHE_HOME": workdir, "XDG_STATE_HOME": workdir, "ARKER_API_KEY": key}
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "arkerfs", "mount", "--base-url", url, *extra, vm,
                            os.path.join(workdir, "mnt")], capture_output=True, text=True, env=env,
@@ -155,7 +155,7 @@ def assert_clean_failure(workdir: str, done: subprocess.CompletedProcess, *needl
         assert needle in lines[0], lines[0]
     assert key not in done.stderr and "Traceback" not in done.stderr
     assert runtime.mount_entry(os.path.join(workdir, "mnt")) is None
-    for log in glob.glob(os.path.join(workdir, "arkerfs", "*.log")):  # the detached daemon's log
+    for log in glob.glob(os.path.join(workdir, "arkerfs", "logs", "*.log")):  # the detached daemon's log
         text = open(log, encoding="utf-8", errors="replace").read()
         assert "Traceback" not in text and key not in text, text
     return lines[0]

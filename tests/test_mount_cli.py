@@ -24,7 +24,8 @@ def arkerfs(*args: str, env: dict | None = None, timeout: float = 60) -> subproc
 
 def env_for(workdir: str, key: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARKER_")}
-    env |= {"XDG_RUNTIME_DIR": workdir, "XDG_CACHE_HOME": workdir, "XDG_DATA_HOME": os.path.join(workdir, "data")}
+    env |= {"XDG_RUNTIME_DIR": workdir, "XDG_CACHE_HOME": workdir, "XDG_STATE_HOME": workdir,
+            "XDG_DATA_HOME": os.path.join(workdir, "data")}
     if key is not None:
         env["ARKER_API_KEY"] = key
     return env

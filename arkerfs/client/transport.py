@@ -229,7 +229,8 @@ class Transport:
                     await response.aclose()
             except httpx.RequestError as exc:
                 raise _request_failure(exc, what, host) from exc
-            log.debug("%s %s -> %d in %.0f ms", what, host, response.status_code, (time.monotonic() - started) * 1000)
+            log.debug("%s %s -> %d, %d bytes sent, %d received in %.0f ms", what, host, response.status_code,
+                      len(content or b""), len(raw), (time.monotonic() - started) * 1000)
             try:
                 payload = json.loads(raw) if raw else {}
             except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting

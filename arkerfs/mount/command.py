@@ -48,9 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spool-dir", help="private directory for cached contents, write buffers and rescue files")
     parser.add_argument("-o", dest="fuse_options", action="append", default=[], metavar="OPTIONS",
                         help="extra FUSE mount options, comma separated (e.g. allow_other)")
-    parser.add_argument("--debug", action="store_true", help="log at DEBUG level")
+    parser.add_argument("--debug", action="store_true",
+                        help="log every API call and FUSE operation with its duration (--log-level debug)")
     parser.add_argument("--debug-fuse", action="store_true", help="also pass libfuse's debug option")
-    parser.add_argument("--log-file", help="log here (default: stderr in the foreground, else a file in the runtime dir)")
+    parser.add_argument("--log-file", help="log here (default: stderr in the foreground, else "
+                                           "$XDG_STATE_HOME/arkerfs/logs/<vm>-<mountpoint name>.log)")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                        help="least severe level logged (default info; --debug is --log-level debug)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,14 +63,16 @@ def run(args: argparse.Namespace) -> int:
     except CommandError as exc:
         print(f"arkerfs mount: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    level = "debug" if args.debug else args.log_level
     if args.foreground:
-        return _run_daemon(config, args.debug, ready_fd=None)
-    return _detach(config, args.debug)
+        return _run_daemon(config, level, ready_fd=None)
+    return _detach(config, level)
 
 
 def build_config(args: argparse.Namespace):
     from arkerfs.mount import runtime
     from arkerfs.mount.daemon import MountConfig
+    from arkerfs.mount.logs import default_log_file
 
     if args.cache_ttl <= 0:
         raise CommandError("--cache-ttl must be positive")
@@ -100,7 +106,7 @@ def build_config(args: argparse.Namespace):
         fuse_options=options,
         spool_dir=os.path.abspath(args.spool_dir) if args.spool_dir else str(runtime.default_spool_dir(mountpoint)),
         log_file=os.path.abspath(args.log_file) if args.log_file else
-        ("" if args.foreground else str(runtime.default_log_file(mountpoint))),
+        ("" if args.foreground else str(default_log_file(args.vm, mountpoint))),
         debug_fuse=args.debug_fuse,
         local=args.local,
     )
@@ -171,7 +177,7 @@ def read_key_file(path: str) -> str:
     return key
 
 
-def _detach(config, debug: bool) -> int:
+def _detach(config, log_level: str) -> int:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
@@ -183,7 +189,7 @@ def _detach(config, debug: bool) -> int:
         os.close(devnull)
         code = EXIT_FAILED
         try:
-            code = _run_daemon(config, debug, ready_fd=write_end)
+            code = _run_daemon(config, log_level, ready_fd=write_end)
         finally:
             os._exit(code)
     os.close(write_end)
@@ -198,13 +204,13 @@ def _detach(config, debug: bool) -> int:
     return EXIT_FAILED
 
 
-def _run_daemon(config, debug: bool, *, ready_fd: int | None) -> int:
+def _run_daemon(config, log_level: str, *, ready_fd: int | None) -> int:
     import trio
 
     from arkerfs.mount.daemon import MountError, run_mount
     from arkerfs.mount.logs import setup_logging
 
-    setup_logging(config.log_file or None, debug=debug)
+    setup_logging(config.log_file or None, level=log_level)
     reported = False
 
     def ready(reason: str | None) -> None:

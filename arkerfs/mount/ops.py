@@ -17,6 +17,7 @@ import errno
 import functools
 import logging
 import stat
+import time
 
 import pyfuse3
 import trio
@@ -41,6 +42,7 @@ def _boundary(*, long: bool = False):
         async def handler(self: Operations, *args):
             deadline = self.upload_deadline if long else self.deadline
             log.debug("%s%r", fn.__name__, _brief(args))
+            started = time.monotonic()
             try:
                 with trio.fail_after(deadline):
                     return await fn(self, *args)
@@ -62,6 +64,8 @@ def _boundary(*, long: bool = False):
             except Exception:
                 log.exception("unexpected error in %s%r", fn.__name__, _brief(args))
                 raise pyfuse3.FUSEError(errno.EIO) from None
+            finally:  # --debug: each operation's latency
+                log.debug("%s%r done in %.1f ms", fn.__name__, _brief(args), (time.monotonic() - started) * 1000)
 
         return handler
 
