@@ -5,13 +5,13 @@ Scripts can rely on these numbers; they do not change between releases.
 | status | meaning |
 |---|---|
 | 0 | success |
-| 1 | the command failed: ``mount`` could not mount, ``umount`` could not unmount cleanly or had to
-|   | keep data in rescue files, an API error not listed below |
-| 2 | usage: unknown command or option, bad value (argparse's own status), an unknown ``-o`` option of
-|   | ``mount.fuse.arkerfs`` |
-| 3 | authentication: no API key, an unreadable or group/other-readable key file, a refused key |
-| 4 | not found: no VM with that id or name |
-| 5 | the API cannot be reached (connection refused, DNS, timeout) |
+| 1 | failed: ``mount`` could not mount, ``umount`` could not unmount cleanly or kept data in
+|   | rescue files, ``rm`` not confirmed, an API error not listed below |
+| 2 | usage: unknown command or option, bad value (argparse's own status), ``rm`` without
+|   | ``--yes`` when stdin is not a terminal, an unknown ``-o`` option of ``mount.fuse.arkerfs`` |
+| 3 | ``vms``/``fork``/``rm``: no API key, a group/other-readable key file, a refused key |
+| 4 | ``vms``/``fork``/``rm``: no VM with that id or name |
+| 5 | ``vms``/``fork``/``rm``: the API cannot be reached (connection refused, DNS, timeout) |
 | 130 | interrupted (Ctrl-C) |
 
 ``arkerfs mount`` keeps status 1 for every failure (the one line on stderr says why): scripts and
