@@ -81,6 +81,7 @@ async def open_arker(args: argparse.Namespace) -> AsyncIterator:
         async with client:
             yield client
         return
+    os.environ.pop("ARKER_API_KEY", None)  # unused here; never inherited by the server's runs
     async with trio.open_nursery() as nursery:
         url, key = await _start_local_server(nursery)
         async with Arker(key, base_url=url, list_base_url=url) as client:
