@@ -288,6 +288,7 @@ class Transport:
         headers = {"content-length": str(size)}
 
         async def once(attempt: int) -> None:
+            started = time.monotonic()
             try:
                 # No redirects here: a streamed body cannot be replayed to a new location.
                 response = await self._blob.put(
@@ -296,7 +297,7 @@ class Transport:
             except httpx.RequestError as exc:
                 raise _request_failure(exc, what, host) from exc
             status = response.status_code
-            log.debug("%s -> %d", what, status)
+            log.debug("%s -> %d, %d bytes sent in %.0f ms", what, status, size, (time.monotonic() - started) * 1000)
             if not 200 <= status < 300:
                 error = ArkerError("internal", f"upload PUT failed: {status}", status)
                 raise _Failure(error, status in TRANSIENT_STATUSES, False, _header_hint(response))
