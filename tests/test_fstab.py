@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -75,10 +76,15 @@ def test_fstab_line(server, api, fs, workdir):
     assert {"rw", "noexec", "allow_other"} <= options_of(mnt)
     with open(os.path.join(mnt, "from-fstab.txt"), "w") as f:
         f.write("written")
+    daemon = _state(env, mnt)
     # umount(8) works too: the daemon pushes what is pending and exits on its own.
     done = subprocess.run(["umount", mnt], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert runtime.mount_entry(mnt) is None
+    deadline = time.monotonic() + 30
+    while runtime.daemon_alive(daemon):
+        assert time.monotonic() < deadline, "the daemon did not exit after umount(8)"
+        time.sleep(0.05)
     assert api.read_file(vm, "/home/user/from-fstab.txt") == b"written"
 
 
