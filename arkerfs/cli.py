@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "serve": ("arkerfs.server.command", "run the local Arker-compatible server"),
     "mount": ("arkerfs.mount.command", "mount a VM's /home/user"),
     "umount": ("arkerfs.mount.umount", "push pending writes and unmount"),
+    "status": ("arkerfs.mount.statuscmd", "show what each live mount is doing (no API call)"),
     "demo": ("arkerfs.demo", "try arkerfs against the embedded local server"),
     "vms": ("arkerfs.vmcommands:vms", "list your VMs"),
     "fork": ("arkerfs.vmcommands:fork", "copy a VM (or a template) into a new VM"),

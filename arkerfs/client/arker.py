@@ -73,6 +73,12 @@ class Arker:
     def retry(self, policy: RetryPolicy) -> None:
         self._transport.retry = policy
 
+    def observe(self, observer) -> None:
+        """Call ``observer(kind, seconds, ok, bytes_sent, bytes_received)`` after every HTTP
+        attempt (retries included); ``kind`` is the route: run, sync_read, sync_write,
+        presigned_get, presigned_put, list, fork, delete. None stops observing."""
+        self._transport.observer = observer
+
     def __repr__(self) -> str:
         return f"Arker(base_url={self.base_url!r}, list_base_url={self.list_base_url!r})"
 

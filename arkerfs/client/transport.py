@@ -39,6 +39,20 @@ MAX_API_RESPONSE = 64 * 1024 * 1024
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 BlobContent = bytes | AsyncIterable[bytes]
+# observer(kind, seconds, ok, bytes_sent, bytes_received): one call per HTTP attempt, for a
+# client that reports on itself (the mount's ``arkerfs status``). Kinds are the local server's
+# route names, so the two can be compared.
+Observer = Callable[[str, float, bool, int, int], None]
+
+
+def call_kind(method: str, path: str, body: dict | None) -> str:
+    """The route name of an API request: run, sync_read, sync_write, list, fork, delete."""
+    if method == "DELETE":
+        return "delete"
+    tail = path.rsplit("/", 1)[-1]
+    if tail == "sync":
+        return "sync_" + str((body or {}).get("op", "unknown"))
+    return tail if tail in ("run", "list", "fork") else "other"
 
 
 class Secret:
@@ -174,6 +188,7 @@ class Transport:
         self.base_url = base_url
         self.list_base_url = list_base_url
         self.retry = retry
+        self.observer: Observer | None = None
         self._api_timeout = httpx.Timeout(CONNECT_TIMEOUT, read=read_timeout, write=WRITE_TIMEOUT, pool=POOL_TIMEOUT)
         self._api = httpx.AsyncClient(
             auth=_BearerAuth(key),
@@ -218,6 +233,8 @@ class Transport:
             CONNECT_TIMEOUT, read=read_timeout, write=WRITE_TIMEOUT, pool=POOL_TIMEOUT
         )
 
+        kind = call_kind(method, path, body)
+
         async def once(attempt: int) -> dict:
             started = time.monotonic()
             try:
@@ -228,7 +245,9 @@ class Transport:
                 finally:
                     await response.aclose()
             except httpx.RequestError as exc:
+                self._observe(kind, started, False, len(content or b""), 0)
                 raise _request_failure(exc, what, host) from exc
+            self._observe(kind, started, response.status_code < 400, len(content or b""), len(raw))
             log.debug("%s %s -> %d, %d bytes sent, %d received in %.0f ms", what, host, response.status_code,
                       len(content or b""), len(raw), (time.monotonic() - started) * 1000)
             try:
@@ -264,6 +283,7 @@ class Transport:
         headers = None if byte_range is None else {"range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"}
 
         async def once(attempt: int) -> T:
+            started, ok, received = time.monotonic(), False, 0
             try:
                 async with self._blob.stream("GET", url, headers=headers, timeout=GET_TIMEOUT) as response:
                     status = response.status_code
@@ -271,9 +291,13 @@ class Transport:
                     if not 200 <= status < 300:
                         error = ArkerError("internal", f"signed GET failed: {status}", status)
                         raise _Failure(error, status in TRANSIENT_STATUSES, False, _header_hint(response))
-                    return await consume(status, response.aiter_bytes())
+                    result = await consume(status, response.aiter_bytes())
+                    ok, received = True, response.num_bytes_downloaded
+                    return result
             except httpx.RequestError as exc:
                 raise _request_failure(exc, what, host) from exc
+            finally:
+                self._observe("presigned_get", started, ok, 0, received)
 
         return await self._with_retries(what, True, once)
 
@@ -295,14 +319,20 @@ class Transport:
                     url, content=content(), headers=headers, timeout=PUT_TIMEOUT, follow_redirects=False
                 )
             except httpx.RequestError as exc:
+                self._observe("presigned_put", started, False, 0, 0)
                 raise _request_failure(exc, what, host) from exc
             status = response.status_code
+            self._observe("presigned_put", started, 200 <= status < 300, size, 0)
             log.debug("%s -> %d, %d bytes sent in %.0f ms", what, status, size, (time.monotonic() - started) * 1000)
             if not 200 <= status < 300:
                 error = ArkerError("internal", f"upload PUT failed: {status}", status)
                 raise _Failure(error, status in TRANSIENT_STATUSES, False, _header_hint(response))
 
         await self._with_retries(what, True, once)
+
+    def _observe(self, kind: str, started: float, ok: bool, sent: int, received: int) -> None:
+        if self.observer is not None:
+            self.observer(kind, time.monotonic() - started, ok, sent, received)
 
     async def _with_retries(self, what: str, replay_safe: bool, once: Callable[[int], Awaitable[T]]) -> T:
         policy = self.retry

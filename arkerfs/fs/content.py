@@ -173,12 +173,16 @@ class ContentCache:
         self._lru: cachetools.LRUCache = cachetools.LRUCache(max_bytes, getsizeof=lambda c: max(c.charge, 1))
         self._max_bytes = max_bytes
         self._flights = SingleFlight()
+        self.hits = self.misses = 0  # versions found in / fetched into the cache (arkerfs status)
 
     async def get(self, key: ContentKey) -> FileContent:
         """The version ``key`` (fetched on first use: one sync read)."""
         content = self._lru.get(key)
         if content is None:
+            self.misses += 1
             content = await self._flights.do(key, lambda: self._open(key))
+        else:
+            self.hits += 1
         return content
 
     async def read(self, key: ContentKey, content: FileContent, offset: int, length: int) -> bytes:

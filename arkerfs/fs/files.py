@@ -49,6 +49,24 @@ class OpenFile:
     pending_times: tuple[int | None, int | None] | None = None
     # permission bits set while data was pending: applied with the upload's follow-up run
     pending_mode: int | None = None
+    # for `arkerfs status` and user.arkerfs.state: since when (monotonic) something is pending,
+    # whether an upload is in flight, whether the last one failed
+    dirty_since: float | None = None
+    pushing: bool = False
+    push_failed: bool = False
+
+    def note_dirty(self, now: float) -> None:
+        if self.dirty_since is None:
+            self.dirty_since = now
+
+    @property
+    def sync_state(self) -> str:
+        """clean, pending, pushing or failed (see ``VFS.sync_state``)."""
+        if self.pushing:
+            return "pushing"
+        if not self.dirty:
+            return "clean"
+        return "failed" if self.push_failed else "pending"
 
     @property
     def dirty(self) -> bool:

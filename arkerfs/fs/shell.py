@@ -22,7 +22,8 @@ Script conventions (the contract between the builders here and ``RemoteFS``):
   never contain NUL, so framing can't be confused by a hostile name. After each fragment the
   script prints ``X<NUL><status><NUL>``, so each fragment's outcome is recoverable on its own.
   Tags: ``A`` attrs of a node (11 fields), ``E`` a directory entry (name + 11), ``V`` a value,
-  ``S`` statfs (8), ``P`` a staged copy, ``X`` the end of a fragment.
+  ``S`` statfs (8), ``P`` a staged copy, ``C`` where a conflicting local version was kept
+  (``batch.install``), ``X`` the end of a fragment.
 * Names are quoted with ``shlex.quote`` when they are UTF-8 (the JSON command string carries
   them as they are) and with bash ANSI-C quoting ``$'\\xNN'`` otherwise. Every path is absolute
   (so no tool mistakes it for an option) and ``--`` is passed wherever the tool accepts it.
@@ -189,7 +190,7 @@ def _python(missing: int, body: str, *args: bytes) -> str:
 # -- fragments, scripts and output framing --------------------------------------------------
 
 Record = tuple[bytes, list[bytes]]
-ARITY = {b"A": 11, b"E": 12, b"V": 1, b"S": 8, b"P": 1, b"X": 1}
+ARITY = {b"A": 11, b"E": 12, b"V": 1, b"S": 8, b"P": 1, b"X": 1, b"C": 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,12 +215,14 @@ class FramingError(ValueError):
     """The output does not follow the record framing (truncated, or stray output)."""
 
 
-def script(fragments: Sequence[Fragment]) -> str:
-    """The command for one run executing ``fragments`` in order."""
+def script(fragments: Sequence[Fragment], *, stop_at_failure: bool = False) -> str:
+    """The command for one run executing ``fragments`` in order; with ``stop_at_failure`` the
+    first fragment that fails ends the run (its status is the run's; later ones never run)."""
     parts = ["( export LC_ALL=C", PRELUDE]
+    stop = "; [ $_s = 0 ] || exit $_s" if stop_at_failure else ""
     for frag in fragments:
         # ":" last: a fragment fails only through an explicit "exit N", never by a stray status
-        parts.append(f"( {frag.body}\n: ); _s=$?; printf 'X\\0%d\\0' $_s")
+        parts.append(f"( {frag.body}\n: ); _s=$?; printf 'X\\0%d\\0' $_s{stop}")
     parts.append("exit $_s ) </dev/null")
     return "\n".join(parts)
 
@@ -270,7 +273,7 @@ def parse_attrs(fields: Sequence[bytes]) -> Attrs:
     )
 
 
-def _only(records: list[Record], tag: bytes) -> list[bytes]:
+def only(records: list[Record], tag: bytes) -> list[bytes]:
     found = [fields for t, fields in records if t == tag]
     if len(found) != 1:
         raise FramingError(f"expected one {tag!r} record, got {len(found)}")
@@ -278,7 +281,7 @@ def _only(records: list[Record], tag: bytes) -> list[bytes]:
 
 
 def _attrs(records: list[Record]) -> Attrs:
-    return parse_attrs(_only(records, b"A"))
+    return parse_attrs(only(records, b"A"))
 
 
 def _nothing(records: list[Record]) -> None:
@@ -326,7 +329,7 @@ def readlink(path: bytes) -> Fragment:
 
 def statfs(path: bytes = HOME_B) -> Fragment:
     def parse(records: list[Record]) -> StatFs:
-        bsize, frsize, blocks, bfree, bavail, files, ffree, namemax = map(int, _only(records, b"S"))
+        bsize, frsize, blocks, bfree, bavail, files, ffree, namemax = map(int, only(records, b"S"))
         return StatFs(bsize, frsize, blocks, bfree, bavail, files, ffree, namemax)
 
     return Fragment(
@@ -487,7 +490,7 @@ def setattr(path: bytes, *, mode: int | None = None, uid: int | None = None,
 
 def getxattr(path: bytes, name: bytes) -> Fragment:
     def parse(records: list[Record]) -> bytes:
-        return base64.b64decode(_only(records, b"V")[0])
+        return base64.b64decode(only(records, b"V")[0])
 
     code = "out(b'V',base64.b64encode(os.getxattr(a[0],a[1],follow_symlinks=False)))"
     return Fragment(_python(E.ENOTSUP, code, path, name), parse)

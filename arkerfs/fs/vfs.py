@@ -58,6 +58,9 @@ NAME_MAX = 255
 # An expired entry is refreshed by re-listing its directory only up to this many entries; a
 # larger directory is not re-listed to answer for one name (one lstat instead).
 REFRESH_LISTING_MAX = 4096
+# The sync state of a file (see ``sync_state``): answered by the mount, never stored in the VM,
+# not listed (so cp -a/rsync -X never copy it), and refused by setxattr/removexattr.
+STATE_XATTR = b"user.arkerfs.state"
 # a refresh listing failing with these says the directory changed, not that the remote is down
 _NOT_LISTABLE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM})
 
@@ -95,6 +98,8 @@ class VFS:
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._fh = itertools.count(1)
+        self._timer = timer
+        self.meta_hits = self.meta_misses = 0  # attribute lookups answered by / past the cache
 
     # == attributes ============================================================================
     async def lookup(self, parent: int, name: bytes) -> tuple[int, Attrs]:
@@ -128,6 +133,7 @@ class VFS:
                 size = None
         mode, uid, gid, size = self._without_noops(ino, mode, uid, gid, size)
         if file is not None and file.dirty:  # data still to upload: its follow-up run applies these
+            file.note_dirty(self._timer())
             if atime_ns is not None or mtime_ns is not None:
                 before = file.pending_times or (None, None)
                 file.pending_times = (before[0] if atime_ns is None else atime_ns,
@@ -376,6 +382,7 @@ class VFS:
                 offset = file.buffer.size
             check_size(offset + len(data))
             file.pending_times = None  # a later write stamps its own mtime
+            file.note_dirty(self._timer())
             return file.buffer.write(offset, data)
 
     async def flush(self, fh: int) -> None:
@@ -422,8 +429,30 @@ class VFS:
         self.inodes.forget_all()
         return list(self.rescued)
 
+    # == sync state ============================================================================
+    def sync_state(self, ino: int) -> str:
+        """What is pending for ``ino``: clean, pending (changed here, not yet in the VM),
+        pushing (an upload in flight) or failed (the last upload failed; the data is kept and
+        retried). Answered from memory: no call."""
+        file = self._files.get(ino)
+        return "clean" if file is None else file.sync_state
+
+    def pending_summary(self) -> dict:
+        """Files with changes not yet in the VM: how many, how many bytes, the oldest's age."""
+        dirty = [f for f in self._files.values() if f.dirty]
+        since = [f.dirty_since for f in dirty if f.dirty_since is not None]
+        return {
+            "files": len(dirty),
+            "bytes": sum(f.buffer.size for f in dirty if f.buffer.dirty),
+            "oldest_age_s": round(self._timer() - min(since), 1) if since else None,
+            "pushing": sum(f.pushing for f in dirty),
+            "failed": sum(f.sync_state == "failed" for f in dirty),
+        }
+
     # == extended attributes ===================================================================
     async def getxattr(self, ino: int, name: bytes) -> bytes:
+        if name == STATE_XATTR:
+            return self.sync_state(ino).encode()
         return await self.remote.getxattr(self.inodes.path(ino), _user_xattr(name))
 
     async def listxattr(self, ino: int) -> list[bytes]:
@@ -432,10 +461,12 @@ class VFS:
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int) -> None:
         self._writable()
+        _not_state_xattr(name)
         await self.remote.setxattr(self.inodes.path(ino), _user_xattr(name), value, flags)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
         self._writable()
+        _not_state_xattr(name)
         await self.remote.removexattr(self.inodes.path(ino), _user_xattr(name))
 
     # == internals =============================================================================
@@ -491,9 +522,12 @@ class VFS:
     async def _path_attrs(self, path: bytes) -> Attrs:
         attrs = self.cache.attrs(path)
         if attrs is not None:
+            self.meta_hits += 1
             return attrs
         if self.cache.is_absent(path):
+            self.meta_hits += 1
             raise FsError(errno.ENOENT, "cached negative entry")
+        self.meta_misses += 1
         source = self._refresh_source(path)
         if source is not None:
             try:
@@ -632,10 +666,25 @@ class VFS:
                 handle = Handle(0, ino, file, True, False)
                 await self._ensure_loaded(handle)
             file.buffer.truncate(size)
+            file.note_dirty(self._timer())
         if push:  # a path truncate is expected to take effect now, not at someone's close
             await self._push(ino, file)
 
     async def _push(self, ino: int, file: OpenFile) -> None:
+        """``_push_now``, keeping the file's sync state (pushing, failed) for ``sync_state``."""
+        file.pushing = True
+        try:
+            await self._push_now(ino, file)
+        except BaseException:
+            file.push_failed = True
+            raise
+        finally:
+            file.pushing = False
+        file.push_failed = False
+        if not file.dirty:
+            file.dirty_since = None
+
+    async def _push_now(self, ino: int, file: OpenFile) -> None:
         """Upload the buffer if dirty: ONE write_file, plus ONE follow-up run that applies together
         the mode re-apply and whatever chmod/utimens was recorded while data was pending. Raises
         the remote's FsError; what was not done stays pending for a retry."""
@@ -713,6 +762,11 @@ class VFS:
                     self.rescued.append(saved)
                     log.error("unsent data of %s saved to %s", path.decode("utf-8", "replace"), saved)
         file.buffer.close()
+
+
+def _not_state_xattr(name: bytes) -> None:
+    if name == STATE_XATTR:
+        raise FsError(errno.EPERM, "user.arkerfs.state is answered by the mount; it cannot be set")
 
 
 def _user_xattr(name: bytes) -> bytes:

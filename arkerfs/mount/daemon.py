@@ -62,25 +62,34 @@ class MountConfig:
 async def run_mount(config: MountConfig, ready: Callable[[str | None], None]) -> runtime.MountResult:
     """Mount, serve until unmounted or signalled, clean up. ``ready(None)`` is called once the
     mount is live, ``ready(reason)`` if it could not be made (then MountError is raised)."""
+    from arkerfs.mount.report import MountReport
+    from arkerfs.mount.status import serve_status
+
     failure: MountError | None = None
+    report = MountReport(config)
+    report.attach_logging()
     async with trio.open_nursery() as services:
         try:
             if config.local:
                 await _start_local_server(config, services)
-            arker, remote, probe = await _connect(config)
+            arker, remote, probe = await _connect(config, report)
         except MountError as exc:
             ready(str(exc))
             failure = exc
             services.cancel_scope.cancel()
         else:
             try:
-                result = await _serve(config, remote, probe, ready)
+                # the status socket outlives the kernel mount: it reports the drain at unmount
+                await services.start(lambda task_status: serve_status(config.mountpoint, report.snapshot,
+                                                                      task_status=task_status))
+                result = await _serve(config, remote, probe, ready, report)
             except MountError as exc:
                 failure = exc
             finally:
                 with trio.CancelScope(shield=True):
                     await arker.aclose()
                 services.cancel_scope.cancel()
+    report.detach_logging()
     if failure is not None:  # raised out here, not wrapped in the nursery's ExceptionGroup
         raise failure
     return result
@@ -101,7 +110,7 @@ async def _start_local_server(config: MountConfig, nursery: trio.Nursery) -> Non
     config.api_key, config.base_url, config.list_base_url = key, url, url
 
 
-async def _connect(config: MountConfig):
+async def _connect(config: MountConfig, report):
     """Resolve the VM and list /home/user once; returns (Arker, RemoteFS, (attrs, entries))."""
     from arkerfs.client import Arker, ArkerError
     from arkerfs.client.retry import RetryPolicy
@@ -112,6 +121,7 @@ async def _connect(config: MountConfig):
         arker = Arker(config.api_key, base_url=config.base_url, list_base_url=config.list_base_url)
     except ArkerError as exc:
         raise MountError(exc.message) from None
+    arker.observe(report.observe)
     try:
         # A server that accepts connections but never answers must not hang the mount command.
         with trio.move_on_after(config.connect_timeout) as deadline:
@@ -122,6 +132,7 @@ async def _connect(config: MountConfig):
                     raise
                 log.info("creating VM %s from arkuntu", config.vm)
                 vm = await arker.vm("arkuntu").fork(name=config.vm)
+            report.vm_id = vm.id
             remote = RemoteFS(vm, run_timeout=config.run_timeout)
             probe = await remote.list_dir(HOME.encode())
         if deadline.cancelled_caught:
@@ -157,7 +168,7 @@ def _fs_reason(config: MountConfig, exc) -> str:
     return f"cannot list {HOME} on VM {config.vm!r}: {exc}"
 
 
-async def _serve(config: MountConfig, remote, probe, ready) -> runtime.MountResult:
+async def _serve(config: MountConfig, remote, probe, ready, report) -> runtime.MountResult:
     import pyfuse3
 
     from arkerfs.fs.vfs import VFS, Options
@@ -167,6 +178,7 @@ async def _serve(config: MountConfig, remote, probe, ready) -> runtime.MountResu
     owner = None if config.show_remote_owner else (os.getuid(), os.getgid())
     vfs = VFS(remote, HOME.encode(), str(spool),
               Options(cache_ttl=config.cache_ttl, read_only=config.read_only, owner=owner))
+    report.vfs = vfs
     root_attrs, entries = probe
     vfs.cache.store_listing(HOME.encode(), root_attrs, entries, vfs.cache.generation)
     kernel_timeout = min(1.0, config.cache_ttl)
@@ -191,6 +203,7 @@ async def _serve(config: MountConfig, remote, probe, ready) -> runtime.MountResu
     log.info("mounted VM %s at %s", config.vm, config.mountpoint)
     ready(None)
     notify.ready(f"mounted VM {config.vm} at {config.mountpoint}")  # systemd Type=notify
+    report.state = "serving"
     clean = False
     rescued: list[str] = []
     try:
@@ -201,6 +214,7 @@ async def _serve(config: MountConfig, remote, probe, ready) -> runtime.MountResu
         clean = True
     finally:
         notify.stopping("pushing pending writes before unmounting")
+        report.state = "draining"
         try:
             with trio.move_on_after(SHUTDOWN_PUSH_DEADLINE) as scope:
                 scope.shield = True

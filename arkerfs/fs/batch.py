@@ -1,0 +1,97 @@
+"""Many changes in one run: ordered batches that stop at the first failure, and installs of
+uploaded files that never overwrite a change made inside the VM.
+
+Pure, like ``shell`` (text generation and parsing only). A push of accumulated work is
+
+1. one upload of every new content to a hidden staging name (a multi-entry sync write), then
+2. one run of ``batch_script``: the changes in the order applications made them (mkdir before
+   what goes in the directory, a file's install before the rename that publishes it...), each
+   fragment in its own subshell; the first one that fails ends the run, so nothing after it is
+   applied out of order, and every fragment that ran reports its own status.
+
+``install`` is the compare-and-swap: it names the remote version the local change was based on
+(``Version``: inode, size, mtime — what the mount saw) and installs the staged file over the
+target only if the target is still that version (or still absent, for a file the mount
+created). Otherwise nothing is overwritten: the staged file becomes ``NAME.conflict-<stamp>``
+beside the target, with the same mode and mtime. If the target's directory is gone, it goes to
+the recovery directory (``RECOVERY`` by default) under its home-relative path. Either way the
+fragment succeeds and reports where the local version went (a ``C`` record), so the batch goes
+on: the VM's version and the local version both survive.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from arkerfs.fs import shell as S
+from arkerfs.fs.model import Attrs
+
+RECOVERY = S.HOME_B + b"/arkerfs-recovered"
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """What the mount saw of a remote file when it made its change."""
+
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, attrs: Attrs) -> Version:
+        return cls(attrs.remote_ino, attrs.size, attrs.mtime_ns)
+
+    def printed(self) -> str:
+        """As ``find -printf '%i:%s:%T@'`` prints it (``%T@``: seconds, '.', 10 digits)."""
+        sec, frac = divmod(self.mtime_ns, 10**9)  # floor: find prints -2.5 for -1.5 s
+        return f"{self.ino}:{self.size}:{sec}.{frac:09d}0"
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    """Result of ``install``: the target's fresh attrs, or where the local version went."""
+
+    attrs: Attrs | None
+    conflict: bytes | None  # path of the kept local copy when the VM's file was not replaced
+
+
+def batch_script(fragments: Sequence[S.Fragment]) -> str:
+    """One run of ``fragments`` in order, stopping at the first that fails (see module doc)."""
+    return S.script(fragments, stop_at_failure=True)
+
+
+def install(staged: bytes, path: bytes, *, mode: int, mtime_ns: int, atime_ns: int | None = None,
+            base: Version | None, stamp: str, recovery: bytes = RECOVERY,
+            home: bytes = S.HOME_B) -> S.Fragment:
+    """Move the uploaded ``staged`` file to ``path`` with ``mode`` and exact times, if ``path``
+    is still ``base`` (None: still absent). ``stamp`` (e.g. a UTC time) names conflict copies."""
+    if not path.startswith(home + b"/"):
+        raise ValueError("install targets live under the home")
+    perm = stat.S_IMODE(mode)
+    atime = S.touch_time(mtime_ns if atime_ns is None else atime_ns)
+    expect = "" if base is None else base.printed()
+    conflict = path + b".conflict-" + stamp.encode()
+    recovered = recovery + b"/" + stamp.encode() + path[len(home):]
+    body = (
+        f"s={S.quote(staged)}; p={S.quote(path)}; c={S.quote(conflict)}; r={S.quote(recovered)}\n"
+        '[ -f "$s" ] || exit 5\n'
+        f"_t chmod {perm:05o} -- \"$s\"; _t touch -h -c -a -d {atime} -- \"$s\"; "
+        f"_t touch -h -c -m -d {S.touch_time(mtime_ns)} -- \"$s\"\n"
+        # the target's directory is gone: keep the local version under the recovery directory
+        f'if [ ! -d {S.quote(S.parent_of(path))} ]; then _t mkdir -p -- "${{r%/*}}"; _t mv -f -T -- "$s" "$r"\n'
+        '  printf "C\\0%s\\0" "$r"; exit 0; fi\n'
+        # what is there now, in the format of Version.printed ("" when absent)
+        'now=; _x "$p" && { [ -f "$p" ] && [ ! -L "$p" ] && now=$(find "$p" -maxdepth 0 -printf "%i:%s:%T@") || now=other; }\n'
+        f'if [ "$now" != {S.quote(expect.encode())} ]; then _t mv -f -T -- "$s" "$c"; printf "C\\0%s\\0" "$c"; exit 0; fi\n'
+        '_t mv -f -T -- "$s" "$p"; _st "$p"'
+    )
+    return S.Fragment(body, _installed)
+
+
+def _installed(records: list[S.Record]) -> Installed:
+    kept = [fields[0] for tag, fields in records if tag == b"C"]
+    if kept:
+        return Installed(None, kept[0])
+    return Installed(S.parse_attrs(S.only(records, b"A")), None)

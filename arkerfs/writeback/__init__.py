@@ -1,0 +1,1 @@
+"""Write-back: the durable journal of pending changes (and, later, the pusher)."""
