@@ -50,8 +50,8 @@ class ArkerError(Exception):
 
     def __reduce__(self):
         # Exception pickling replays ``args`` into __init__, which has a different shape here.
-        return (_rebuild, (self.code, self.message, self.status, self.outcome_unknown, self.never_started,
-                           self.request_id, self.details, self.retry_after))
+        return (_rebuild, (type(self), self.code, self.message, self.status, self.outcome_unknown,
+                           self.never_started, self.request_id, self.details, self.retry_after))
 
     def __repr__(self) -> str:
         extra = ", outcome_unknown=True" if self.outcome_unknown else ""
@@ -125,11 +125,11 @@ _CLASS_FOR_CODE: dict[str, type[ArkerError]] = {
 }
 
 
-def _rebuild(code: str, message: str, status: int, outcome_unknown: bool, never_started: bool = False,
-             request_id: str | None = None, details: dict | None = None,
-             retry_after: float | None = None) -> ArkerError:
-    return ArkerError(code, message, status, outcome_unknown=outcome_unknown, never_started=never_started,
-                      request_id=request_id, details=details, retry_after=retry_after)
+def _rebuild(cls: type[ArkerError], code: str, message: str, status: int, outcome_unknown: bool,
+             never_started: bool, request_id: str | None, details: dict | None,
+             retry_after: float | None) -> ArkerError:
+    return cls(code, message, status, outcome_unknown=outcome_unknown, never_started=never_started,
+               request_id=request_id, details=details, retry_after=retry_after)
 
 
 def error_from_wire(obj: object, status: int) -> ArkerError:
