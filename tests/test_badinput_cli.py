@@ -277,8 +277,9 @@ async def test_sdk_against_a_silent_server_times_out():
         assert (err.code, err.status, err.outcome_unknown) == ("unavailable", 0, True)
         assert "ReadTimeout" in err.message and took < 5
         assert bad.requests == 2  # list is replay-safe: both attempts were sent
-        err, took = await sdk_failure(bad.url, lambda a: a.vm(VM_ID).run("true"), timeout=0.5)
-        assert err.outcome_unknown and took < 5  # a run is never replayed after an ambiguous failure
+        # (not a run: a run waits as long as a server may hold it open, not the API timeout)
+        err, took = await sdk_failure(bad.url, lambda a: a.vm(VM_ID).fork(), timeout=0.5)
+        assert err.outcome_unknown and took < 5  # a fork is never replayed after an ambiguous failure
         assert bad.requests == 3
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import traceback
+import uuid
 from contextlib import contextmanager
 
 import pytest
@@ -113,15 +114,19 @@ async def test_real_vm_busy_on_one_session(server, vm):
         assert outcome["first"].stdout == b"done\n"
 
 
-async def test_read_timeout_on_run_is_outcome_unknown_and_not_replayed(server, vm, control):
+async def test_read_timeout_on_fork_is_outcome_unknown_and_not_replayed(server, control):
+    # (A run without a timeout waits for the server, not the read timeout: test_client_anyio.)
+    name = f"slow-fork-{uuid.uuid4().hex[:8]}"
     async with Arker(server.api_key, base_url=server.base_url, list_base_url=server.base_url, timeout=1) as arker:
         control.reset_stats()
-        with pytest.raises(ArkerError) as info:
-            await arker.vm(vm.id).run("sleep 2", session_id=9)
-    assert (info.value.code, info.value.status, info.value.outcome_unknown) == ("unavailable", 0, True)
-    assert "outcome is unknown" in info.value.message
-    assert control.calls().get("run") == 1
-    await trio.sleep(1.5)  # let the session finish before the fixture deletes the VM
+        with faults(control, latency_ms=2000), pytest.raises(ArkerError) as info:
+            await arker.vm("arkuntu").fork(name=name)
+        assert (info.value.code, info.value.status, info.value.outcome_unknown) == ("unavailable", 0, True)
+        assert "outcome is unknown" in info.value.message
+        assert control.calls().get("fork") == 1
+        await trio.sleep(1.5)  # the server still forks after its injected latency: clean that up
+        for item in (await arker.list(q=name)).items:
+            await arker.vm(item.vm_id).delete()
 
 
 async def test_wrong_key_is_unauthorized_without_retry(server, caplog):

@@ -15,7 +15,8 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from arkerfs.client import Arker, ArkerError, RemoteFile, RetryPolicy
+import arkerfs
+from arkerfs.client import Arker, ArkerError, PayloadTooLargeError, RateLimitedError, RemoteFile, RetryPolicy
 from arkerfs.protocol import CHUNK_SIZE
 
 FAST = RetryPolicy(base_delay=0.01, max_delay=0.05)
@@ -128,6 +129,22 @@ async def test_error_envelopes(serve, status, body, code, message):
     assert len(listener.requests) == 1
 
 
+async def test_later_envelope_fields_are_kept_on_the_typed_error(serve):
+    later = {"error": {"code": "payload_too_large", "message": "too big", "request_id": "req_4f1c2a",
+                       "details": {"maximum_bytes": 10, "request_bytes": 11}, "retry_after_seconds": 0,
+                       "timestamp": "2026-02-01T12:00:00Z", "request": {"kind": "matched", "operation_id": "list"}}}
+    listener = await serve(then((413, {}, later), (429, {"retry-after": "0"}, envelope("rate_limited")),
+                                (503, {"retry-after": "0"}, "busy")))
+    async with client(listener, RetryPolicy(attempts=1)) as arker:
+        too_big, limited, bare = [await failure(arker.list()) for _ in range(3)]
+    assert isinstance(too_big, PayloadTooLargeError) and (too_big.code, too_big.status) == ("payload_too_large", 413)
+    assert (too_big.request_id, too_big.details, too_big.retry_after) == (
+        "req_4f1c2a", {"maximum_bytes": 10, "request_bytes": 11}, 0.0)
+    assert "request_id='req_4f1c2a'" in repr(too_big)
+    assert isinstance(limited, RateLimitedError) and (limited.retry_after, limited.request_id) == (0.0, None)
+    assert (bare.code, bare.status, bare.retry_after) == ("internal", 503, 0.0)
+
+
 async def test_empty_success_body_is_an_empty_object(serve):
     listener = await serve(always(200, b""))
     async with client(listener) as arker:
@@ -146,6 +163,16 @@ async def test_every_api_request_carries_key_and_json_content_type(serve):
     assert second == "GET /api/v1/vms/list?limit=7&offset=3 HTTP/1.1"
     assert h1["authorization"] == f"Bearer {KEY}" and h1["content-type"] == "application/json"
     assert body1 == b""
+
+
+async def test_api_and_presigned_requests_name_arkerfs_and_its_version(serve):
+    listener = await serve(always(200, {"ok": True, "items": [], "total": 0}))
+    async with client(listener) as arker:
+        await arker.list()
+        await RemoteFile(arker._transport, path="/home/user/f", size=3, url=f"{listener.url}/blob").read_all()
+    for _, headers, _ in listener.requests:
+        assert headers["user-agent"].startswith(f"arkerfs/{arkerfs.__version__} (python ")
+        assert "httpx" in headers["user-agent"]
 
 
 # -- which failures are retried ---------------------------------------------------------------
@@ -335,6 +362,29 @@ async def test_presigned_write_restarts_after_403_and_expired(serve):
             entry = json.loads(body)["writes"][0]
             kinds.append("presign" if entry.get("presigned") else f"commit {entry['upload_id']}")
     assert kinds == ["presign", "/blob/1", "presign", "/blob/2", "commit upl2", "presign", "/blob/3", "commit upl3"]
+
+
+async def test_commit_answer_without_flags_is_success(serve):
+    """Core clients check only ``error`` on a commit (§4.5.5): a service may leave the flags out."""
+    answers = iter([{"ok": True, "results": [{"presigned_url": "", "upload_id": "upl1", "error": None}]},
+                    {"ok": True, "results": [{"path": "/home/user/big", "error": None}]},
+                    {"ok": True, "results": [{"presigned_url": "", "upload_id": "upl2", "error": None}]},
+                    {"ok": True, "results": [{"complete": True, "written": False, "error": None}]}])
+
+    def respond(i, method, target):
+        if method == "PUT":
+            return 200, {}, ""
+        answer = next(answers)
+        if "presigned_url" in answer["results"][0]:
+            answer["results"][0]["presigned_url"] = f"{listener.url}/blob"
+        return 200, {}, answer
+
+    listener = await serve(respond)
+    async with client(listener) as arker:
+        await arker.vm(VM_ID).sync.write_file("/home/user/big", b"b" * (CHUNK_SIZE + 1))
+        err = await failure(arker.vm(VM_ID).sync.write_file("/home/user/big", b"b" * (CHUNK_SIZE + 1)))
+    assert (err.code, err.status) == ("internal", 200)  # an explicit written=false is not success
+    assert [line.split()[0] for line in listener.lines] == ["POST", "PUT", "POST"] * 2
 
 
 # -- presigned hosts never see the key --------------------------------------------------------

@@ -1,8 +1,8 @@
-"""Async Python SDK for Arker VMs (the ``@arker-ai/sdk`` surface, in Python, under trio).
+"""Async Python SDK for Arker VMs (the ``@arker-ai/sdk`` surface, in Python, on asyncio or trio).
 
 Example::
 
-    import trio
+    import asyncio                                 # or: import trio ... trio.run(main)
     from arkerfs.client import Arker
 
     async def main():
@@ -14,16 +14,48 @@ Example::
             print(await vm.sync.read_file("/home/user/data.csv"))
             await vm.delete()
 
-    trio.run(main)
+    asyncio.run(main())
 
-Every failure is an ``ArkerError`` with ``.code``, ``.message`` and ``.status``.
-See docs/SDK.md for the full guide.
+Every failure is an ``ArkerError`` with ``.code``, ``.message`` and ``.status``; common codes
+have subclasses (``NotFoundError``, ``VmBusyError``, ...). See docs/SDK.md for the full guide.
 """
 
 from arkerfs.client.arker import VM, Arker
-from arkerfs.client.errors import ArkerError
+from arkerfs.client.errors import (
+    ArkerError,
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    UnauthorizedError,
+    UnavailableError,
+    UnsupportedError,
+    VmBusyError,
+)
 from arkerfs.client.models import RunResult, VmList, VmSummary
 from arkerfs.client.retry import RetryPolicy
 from arkerfs.client.sync import RemoteFile, Sync
 
-__all__ = ["Arker", "ArkerError", "RemoteFile", "RetryPolicy", "RunResult", "Sync", "VM", "VmList", "VmSummary"]
+__all__ = [
+    "VM",
+    "Arker",
+    "ArkerError",
+    "BadRequestError",
+    "ConflictError",
+    "ForbiddenError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "RateLimitedError",
+    "RemoteFile",
+    "RetryPolicy",
+    "RunResult",
+    "Sync",
+    "UnauthorizedError",
+    "UnavailableError",
+    "UnsupportedError",
+    "VmBusyError",
+    "VmList",
+    "VmSummary",
+]

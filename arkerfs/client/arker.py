@@ -1,13 +1,16 @@
 """``Arker`` (the account: list, resolve, VM handles) and ``VM`` (fork, run, delete, sync).
 
-Host routing follows PROTOCOL.md §1.1: ``list`` and fork-by-name go to the list host,
-everything else to the regional base.
+Host routing follows PROTOCOL.md §1.1 and the seed SDK: ``list`` and fork-by-name go to the
+list host, everything else to the regional base. On the Arker cloud the list host is always
+``https://arker.ai``, whatever the region; a self-hosted base URL serves listing itself.
 """
 
 from __future__ import annotations
 
 import os
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
+
+import httpx
 
 from arkerfs.client.errors import ArkerError
 from arkerfs.client.models import RunResult, VmList, VmSummary
@@ -18,8 +21,17 @@ from arkerfs.protocol import API_PREFIX, DEFAULT_BASE_URL, DEFAULT_LIST_BASE_URL
 
 DEFAULT_TIMEOUT = 120.0  # API read timeout (§1.3); a run with a timeout waits timeout + RUN_MARGIN
 RUN_MARGIN = 30.0
+# A run without a timeout is held open by the server until it ends or the server's own bound
+# (core ~120 s, later API 300 s, the local server's ceiling 600 s): wait at least that long.
+RUN_WAIT = 600.0
 DEFAULT_LIST_LIMIT = 25
 RESOLVE_PAGE = 100  # the largest page the list route accepts
+
+
+def is_arker_cloud(url: str) -> bool:
+    """True for ``arker.ai`` and every ``*.arker.ai`` host (the regions): listing lives on arker.ai."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host == "arker.ai" or host.endswith(".arker.ai")
 
 
 def _clean_url(url: str, origin: str) -> str:
@@ -33,8 +45,11 @@ class Arker:
     """An Arker account. Use as ``async with Arker() as arker:`` or call ``aclose()``.
 
     Settings fall back to the environment: ``ARKER_API_KEY``; ``ARKER_BASE_URL`` (default
-    the public regional host); ``ARKER_LIST_BASE_URL``, then ``ARKER_BASE_URL``, for the list
-    host (default ``https://arker.ai``). ``timeout`` is the API read timeout in seconds.
+    the public regional host). Listing and name lookup go to ``list_base_url``, else
+    ``ARKER_LIST_BASE_URL``, else ``https://arker.ai`` when the base is an Arker cloud host
+    (``*.arker.ai``, any region), else the base URL itself (a self-hosted or local server).
+    ``timeout`` is the API read timeout in seconds; a ``run`` waits longer (see ``VM.run``).
+    ``http_transport`` replaces httpx's network transport (proxies, tests).
     """
 
     def __init__(
@@ -45,16 +60,18 @@ class Arker:
         list_base_url: str | None = None,
         retry: RetryPolicy = RetryPolicy(),
         timeout: float = DEFAULT_TIMEOUT,
+        http_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         key = (api_key or os.environ.get("ARKER_API_KEY") or "").strip()
         if not key:
             raise ArkerError("unauthorized", "no API key: pass api_key= or set the ARKER_API_KEY environment variable", 0)
-        env_base = os.environ.get("ARKER_BASE_URL") or None
-        base = _clean_url(base_url or env_base or DEFAULT_BASE_URL, "base_url")
+        base = _clean_url(base_url or os.environ.get("ARKER_BASE_URL") or DEFAULT_BASE_URL, "base_url")
         list_base = _clean_url(
-            list_base_url or os.environ.get("ARKER_LIST_BASE_URL") or env_base or DEFAULT_LIST_BASE_URL, "list_base_url"
+            list_base_url or os.environ.get("ARKER_LIST_BASE_URL")
+            or (DEFAULT_LIST_BASE_URL if is_arker_cloud(base) else base),
+            "list_base_url",
         )
-        self._transport = Transport(Secret(key), base, list_base, retry, timeout)
+        self._transport = Transport(Secret(key), base, list_base, retry, timeout, http_transport)
 
     @property
     def base_url(self) -> str:
@@ -178,15 +195,15 @@ class VM:
         """Run ``command`` in the session's persistent shell and wait for it to finish.
 
         A non-zero exit is a result, not an error. ``timeout`` (seconds) is the server-side
-        kill bound. Retried only when the server provably never started the command.
+        kill bound; the client waits ``timeout`` + 30 s for the answer, or without a timeout
+        as long as a server may hold a run open (630 s, or the client's ``timeout`` if longer).
+        Retried only when the server provably never started the command.
         """
         body: dict = {"command": command, "session_id": session_id}
         if timeout is not None:
             body["timeout"] = timeout
-        r = await self._transport.request(
-            "POST", f"{self._path}/run", body=body, replay_safe=False,
-            read_timeout=timeout + RUN_MARGIN if timeout else None,
-        )
+        wait = timeout + RUN_MARGIN if timeout else max(self._transport.read_timeout, RUN_WAIT + RUN_MARGIN)
+        r = await self._transport.request("POST", f"{self._path}/run", body=body, replay_safe=False, read_timeout=wait)
         return RunResult.from_wire(r)
 
     async def delete(self) -> None:

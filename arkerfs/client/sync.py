@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import BinaryIO
 from urllib.parse import quote
 
-import trio
+import anyio
 
 from arkerfs.client.errors import ArkerError, error_from_wire
 from arkerfs.client.retry import hint_seconds, is_transient
@@ -160,9 +160,9 @@ class RemoteFile:
         Presigned bodies are streamed, so memory stays constant whatever the file size.
         """
         if isinstance(target, (str, os.PathLike)):
-            async with await trio.open_file(target, "wb") as out:
+            async with await anyio.open_file(target, "wb") as out:
                 return await self._download(out)
-        return await self._download(trio.wrap_file(target))
+        return await self._download(anyio.wrap_file(target))
 
     async def _download(self, out) -> int:
         if self._content is not None:
@@ -207,7 +207,7 @@ class _Source:
     async def read_all(self) -> bytes:
         if self.data is not None:
             return self.data
-        async with await trio.open_file(self.file, "rb") as f:
+        async with await anyio.open_file(self.file, "rb") as f:
             data = await f.read(self.size + 1)
         self._check_length(len(data))
         return data
@@ -218,7 +218,7 @@ class _Source:
 
     async def _stream(self) -> AsyncIterator[bytes]:
         sent = 0
-        async with await trio.open_file(self.file, "rb") as f:
+        async with await anyio.open_file(self.file, "rb") as f:
             while sent < self.size:
                 block = await f.read(min(STREAM_BLOCK, self.size - sent))
                 if not block:
@@ -311,7 +311,7 @@ class Sync:
                 log.info("upload of %s %s before commit; starting over", path,
                          "expired" if exc.code == "expired" else "was lost by the server")
                 continue
-            _require_written(path, result)
+            _require_committed(path, result)
             return
 
     async def _send_entry(self, entry: dict) -> dict:
@@ -334,10 +334,18 @@ class Sync:
             delay = policy.delay(attempt, hint_seconds(wire))
             log.info("write of %s: retrying entry in %.2f s (attempt %d of %d): %s",
                      entry["path"], delay, attempt + 2, policy.attempts, error)
-            await trio.sleep(delay)
+            await anyio.sleep(delay)
             attempt += 1
 
 
 def _require_written(path: str, result: dict) -> None:
     if not (result.get("complete") and result.get("written")):
         raise ArkerError("internal", f"write of {path} returned without complete and written", 200)
+
+
+def _require_committed(path: str, result: dict) -> None:
+    # Core clients check only ``error`` on a commit (§4.5.5) and a service may leave the flags
+    # out; a flag that is present and false is still the server saying it did not write.
+    if result.get("complete") is False or result.get("written") is False:
+        raise ArkerError("internal", f"commit of {path} returned complete={result.get('complete')} "
+                         f"written={result.get('written')}", 200)

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
-import trio
 
+from arkerfs import __version__
 from arkerfs.client.errors import ArkerError, error_from_wire
 from arkerfs.client.retry import BUSY_CODES, TRANSIENT_STATUSES, RetryPolicy, hint_seconds, is_transient
 
@@ -53,6 +55,9 @@ def call_kind(method: str, path: str, body: dict | None) -> str:
     if tail == "sync":
         return "sync_" + str((body or {}).get("op", "unknown"))
     return tail if tail in ("run", "list", "fork") else "other"
+
+# Sent on every request (API and presigned), so a service's logs can tell this client apart.
+USER_AGENT = f"arkerfs/{__version__} (python {platform.python_version()}; httpx {httpx.__version__})"
 
 
 class Secret:
@@ -167,12 +172,15 @@ def _status_failure(response: httpx.Response, payload: object, raw: bytes = b"")
         return None
     if wire is None:
         body = raw.decode(response.encoding or "utf-8", errors="replace")[:200]
-        error = ArkerError("internal", body or f"unexpected HTTP status {status}", status)
+        error = ArkerError("internal", body or f"unexpected HTTP status {status}", status,
+                           retry_after=_header_hint(response))
         return _Failure(error, is_transient(status, None), status == 429, _header_hint(response))
     error = error_from_wire(wire, status)
     recovery = wire.get("recovery")
     not_started = isinstance(recovery, dict) and recovery.get("work") == "not_started"
     hint = hint_seconds(wire)
+    if error.retry_after is None:
+        error.retry_after = _header_hint(response)
     return _Failure(
         error,
         transient=is_transient(status, error.code, error.message),
@@ -184,21 +192,33 @@ def _status_failure(response: httpx.Response, payload: object, raw: bytes = b"")
 class Transport:
     """The API client, the blob client and the retry loop shared by every SDK call."""
 
-    def __init__(self, key: Secret, base_url: str, list_base_url: str, retry: RetryPolicy, read_timeout: float) -> None:
+    def __init__(
+        self,
+        key: Secret,
+        base_url: str,
+        list_base_url: str,
+        retry: RetryPolicy,
+        read_timeout: float,
+        http_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.base_url = base_url
         self.list_base_url = list_base_url
         self.retry = retry
         self.observer: Observer | None = None
+        self.read_timeout = read_timeout
         self._api_timeout = httpx.Timeout(CONNECT_TIMEOUT, read=read_timeout, write=WRITE_TIMEOUT, pool=POOL_TIMEOUT)
         self._api = httpx.AsyncClient(
             auth=_BearerAuth(key),
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/json", "user-agent": USER_AGENT},
             timeout=self._api_timeout,
             follow_redirects=False,
+            transport=http_transport,
         )
-        # No auth, no default headers: nothing in this client can reveal the key. Following
-        # redirects on GET is therefore harmless, and object stores do redirect across regions.
-        self._blob = httpx.AsyncClient(timeout=GET_TIMEOUT, follow_redirects=True)
+        # No auth, nothing secret in the headers: nothing in this client can reveal the key.
+        # Following redirects on GET is therefore harmless, and object stores do redirect across regions.
+        self._blob = httpx.AsyncClient(
+            headers={"user-agent": USER_AGENT}, timeout=GET_TIMEOUT, follow_redirects=True, transport=http_transport
+        )
 
     async def aclose(self) -> None:
         try:
@@ -361,7 +381,7 @@ class Transport:
                     delay = min(policy.delay(outage_retries), remaining)
                     outage_retries += 1
                     log.debug("%s: still unreachable; next try in %.2f s", what, delay)
-                    await trio.sleep(delay)
+                    await anyio.sleep(delay)
                     continue
                 if outage_since is not None:
                     log.info("%s: server reachable again after %.1f s", what, time.monotonic() - outage_since)
@@ -377,5 +397,5 @@ class Transport:
                 if outage_since is not None:
                     log.info("%s: server reachable again after %.1f s", what, time.monotonic() - outage_since)
                 return result
-            await trio.sleep(delay)
+            await anyio.sleep(delay)
             attempt += 1
