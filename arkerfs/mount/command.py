@@ -54,11 +54,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from arkerfs.mount import keypass, leftovers
+
+    if keypass.started_with_key():  # /proc/<pid>/environ would show it for our whole life
+        keypass.reexec_without_key()
     try:
         config = build_config(args)
     except CommandError as exc:
         print(f"arkerfs mount: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    note = leftovers.collect(config.spool_dir)  # what a crashed daemon left in this spool
+    if note:
+        print(f"arkerfs mount: {note}", file=sys.stderr)
     if args.foreground:
         return _run_daemon(config, args.debug, ready_fd=None)
     return _detach(config, args.debug)
@@ -76,10 +83,12 @@ def build_config(args: argparse.Namespace):
         raise CommandError("--run-timeout must be positive")
     if args.connect_timeout <= 0:
         raise CommandError("--connect-timeout must be positive")
-    mountpoint = os.path.realpath(args.mountpoint)
+    from arkerfs.mount import keypass
+
+    mountpoint = runtime.resolve_mountpoint(args.mountpoint)
     check_mountpoint(mountpoint)
     api_key = None
-    env_key = os.environ.pop("ARKER_API_KEY", None)  # read once: no child process inherits it
+    env_key = keypass.take_key()  # read once: no child process inherits it
     if not args.local:
         api_key = read_key_file(args.api_key_file) if args.api_key_file else env_key
         if not api_key:
