@@ -4,7 +4,9 @@ Local checks (mountpoint, key file) run first and fail with one line on stderr. 
 ``--foreground`` the process forks: the child becomes the daemon and reports over a pipe, and the
 parent exits 0 only once the mount is live, or prints the daemon's one-line reason and exits 1.
 The API key comes from ``--api-key-file`` (which must not be readable by group or others) or
-``ARKER_API_KEY``; it never appears in argv, the process title or the log.
+``ARKER_API_KEY``; it never appears in argv, the process title, the log, or the environment of
+any process (a command started with ``ARKER_API_KEY`` re-execs itself without it: see keypass.py).
+Before mounting, what a crashed daemon left in the spool is rescued and reported (leftovers.py).
 
 Heavy imports (trio, pyfuse3, the client) happen only when the command runs.
 """
