@@ -27,9 +27,10 @@ Names under the hidden staging dir are refused locally: ENOENT for lookups, EPER
 An API that accepts connections but never answers (a hung server, a black-holed proxy) counts
 toward the outage deadline like one that refuses them: with ``outage_timeout`` set, every
 request (run, sync read/write, presigned read) is watched by ``Liveness``; once it has waited
-``PROBE_AFTER`` s, a cheap probe asks whether the API answers anything at all. A slow answer
-with a live API is waited for; when nothing has answered for ``outage_timeout`` s (and a probe
-went unanswered) the request is abandoned with EIO (``NoAnswer``). A run abandoned that way is
+until ``PROBE_TIMEOUT`` s before the deadline (at least ``PROBE_AFTER`` s), a cheap probe asks
+whether the API answers anything at all. A slow answer with a live API is waited for; when
+nothing has answered for ``outage_timeout`` s (and a probe went unanswered) the request is
+abandoned with EIO (``NoAnswer``). A run abandoned that way is
 never replayed; its session is marked abandoned (see ``SessionPool``).
 """
 
@@ -65,7 +66,7 @@ AMBIGUOUS_STATUSES = frozenset({502, 504})
 BUSY_CODES = frozenset({"vm_busy", "resource_busy"})
 BUSY_RETRIES = 5
 CLEANUP_TIMEOUT = 10.0
-PROBE_AFTER = 2.0  # s a request waits before we ask whether the API answers anything at all
+PROBE_AFTER = 2.0  # s a request waits at least before we ask whether the API answers at all
 PROBE_TIMEOUT = 3.0  # a probe with no answer by then counts as "the API is silent"
 PROBE_PATH = S.HOME + "/.arkerfs/liveness-probe"  # never exists: any answer (404) will do
 
@@ -107,18 +108,20 @@ class Liveness:
         raise NoAnswer(E.EIO, f"no answer from the API for {silent:.0f} s")
 
     async def _watchdog(self, request: trio.CancelScope, started: float) -> None:
-        await trio.sleep(PROBE_AFTER)
+        # Only a probe near the deadline can end the wait, so none before (slow requests cost
+        # no extra calls); at least PROBE_AFTER s, so that a short deadline is not a hair trigger.
+        await trio.sleep(max(PROBE_AFTER, self.outage_timeout - PROBE_TIMEOUT))
         while True:
-            asked = trio.current_time()
             answered = await self._shared_probe()
             now = trio.current_time()
             if answered:
                 self.last_answer = now
-            elif answered is False and now - max(started, self.last_answer) >= self.outage_timeout:
+            silent_since = max(started, self.last_answer)
+            if answered is False and now - silent_since >= self.outage_timeout:
                 request.cancel()
                 return
-            if answered is not None:  # a probe's full round: wait a little before the next
-                await trio.sleep(max(0.0, 1.0 - (now - asked)))
+            # Few probes: the next one when an unanswered probe could end the wait.
+            await trio.sleep(max(silent_since + self.outage_timeout - PROBE_TIMEOUT - now, 0.5))
 
     async def _shared_probe(self) -> bool | None:
         """True: the API answered; False: it did not within PROBE_TIMEOUT; None: the probe was

@@ -8,10 +8,10 @@
    (for ``arkerfs umount``), push them, then ``pyfuse3.terminate()``; an external
    ``fusermount3 -u`` also ends ``main``;
 5. push what is still pending (rescue files for what cannot be pushed), then
-   (SIGUSR2, sent by ``arkerfs umount --force``, gives up pushing at any point of 4-5: every
-   unsent buffer goes to a rescue file at once)
    ``pyfuse3.close(unmount=clean)``: after a crash the mount is left dead (ENOTCONN) rather than
-   silently empty, and ``arkerfs umount`` cleans it up;
+   silently empty, and ``arkerfs umount`` cleans it up; SIGUSR2 (``arkerfs umount --force``)
+   gives up pushing at any point of 4-5: handlers still waiting are cancelled and every unsent
+   buffer goes to a rescue file at once;
 6. write the result file (clean?, rescue files) that ``arkerfs umount`` reports from.
 """
 
@@ -206,7 +206,9 @@ async def _serve(config: MountConfig, remote, probe, ready) -> runtime.MountResu
             with give_up.scope():  # giving up also cancels handlers still waiting on the API
                 await pyfuse3.main()
             clean = not give_up.given_up
+            give_up.serving = False
         finally:
+            give_up.serving = False  # pyfuse3.terminate() is for a running main() only
             try:
                 with trio.move_on_after(SHUTDOWN_PUSH_DEADLINE) as scope:
                     scope.shield = True
@@ -244,7 +246,8 @@ async def _watch_signals(vfs, mountpoint: str, give_up: GiveUp, nursery: trio.Nu
                 log.warning("%s: giving up pushing; unsent data goes to rescue files", name)
                 give_up.now()
                 _rescue_all(vfs)
-                pyfuse3.terminate()
+                if give_up.serving:
+                    pyfuse3.terminate()
             elif unmounting:
                 log.info("%s: already pushing pending writes and unmounting", name)
             else:
@@ -259,7 +262,8 @@ async def _push_then_terminate(vfs, give_up: GiveUp) -> None:
 
     with give_up.scope():
         await vfs.push_all()
-    pyfuse3.terminate()
+    if give_up.serving:
+        pyfuse3.terminate()
 
 
 class GiveUp:
@@ -267,6 +271,7 @@ class GiveUp:
 
     def __init__(self) -> None:
         self.given_up = False
+        self.serving = True  # pyfuse3.main() is running
         self._scopes: set[trio.CancelScope] = set()
 
     @contextmanager
