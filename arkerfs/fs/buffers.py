@@ -13,6 +13,7 @@ never sees a half-applied write.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pathlib
 import shutil
@@ -123,6 +124,8 @@ class WriteBuffer:
     def _spill(self) -> None:
         try:
             spool = tempfile.NamedTemporaryFile(dir=self._spool_dir, prefix="write-", delete=True)
+            # held until closed (or the daemon dies): a leftover scan leaves locked files alone
+            fcntl.flock(spool.fileno(), fcntl.LOCK_SH)
         except OSError as exc:
             raise self._break(exc) from None
         try:

@@ -23,6 +23,15 @@ A probe cannot tell "my mkdir made it" from "it existed already", so after an am
 failure an existing directory counts as success rather than EEXIST.
 
 Names under the hidden staging dir are refused locally: ENOENT for lookups, EPERM for creation.
+
+An API that accepts connections but never answers (a hung server, a black-holed proxy) counts
+toward the outage deadline like one that refuses them: with ``outage_timeout`` set, every
+request (run, sync read/write, presigned read) is watched by ``Liveness``; once it has waited
+until ``PROBE_TIMEOUT`` s before the deadline (at least ``PROBE_AFTER`` s), a cheap probe asks
+whether the API answers anything at all. A slow answer with a live API is waited for; when
+nothing has answered for ``outage_timeout`` s (and a probe went unanswered) the request is
+abandoned with EIO (``NoAnswer``). A run abandoned that way is
+never replayed; its session is marked abandoned (see ``SessionPool``).
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import outcome
 import trio
 
 from arkerfs.client import ArkerError, RemoteFile
@@ -56,6 +66,116 @@ AMBIGUOUS_STATUSES = frozenset({502, 504})
 BUSY_CODES = frozenset({"vm_busy", "resource_busy"})
 BUSY_RETRIES = 5
 CLEANUP_TIMEOUT = 10.0
+PROBE_AFTER = 2.0  # s a request waits at least before we ask whether the API answers at all
+PROBE_TIMEOUT = 3.0  # a probe with no answer by then counts as "the API is silent"
+PROBE_PATH = S.HOME + "/.arkerfs/liveness-probe"  # never exists: any answer (404) will do
+
+
+class NoAnswer(FsError):
+    """The API answered nothing, not even a probe, for the outage deadline."""
+
+
+class Liveness:
+    """Tells a slow answer from an API that answers nothing; see the module docstring.
+
+    ``last_answer`` is when the API last answered anything (any watched request completing, or
+    a probe). Concurrent requests share one probe."""
+
+    def __init__(self, probe: Callable[[], Awaitable[Any]], outage_timeout: float | None) -> None:
+        self._probe = probe
+        self.outage_timeout = outage_timeout
+        self.last_answer = -float("inf")
+        self._probing: trio.Event | None = None
+        self._probe_answered: bool | None = None
+
+    async def watch(self, operation: Callable[[], Awaitable[Any]]) -> Any:
+        """``await operation()``, abandoned with ``NoAnswer`` (EIO) when the API is silent for
+        ``outage_timeout`` s. Errors of ``operation`` pass through unchanged."""
+        if self.outage_timeout is None:
+            return await operation()
+        started = trio.current_time()
+        with trio.CancelScope() as request:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watchdog, request, started)
+                result = await outcome.acapture(operation)
+                nursery.cancel_scope.cancel()
+            if _answered(result):
+                self.last_answer = trio.current_time()
+            return result.unwrap()
+        silent = trio.current_time() - max(started, self.last_answer)
+        log.warning("no answer from the API for %.1f s (--outage-timeout %g): failing the request with EIO",
+                    silent, self.outage_timeout)
+        raise NoAnswer(E.EIO, f"no answer from the API for {silent:.0f} s")
+
+    async def _watchdog(self, request: trio.CancelScope, started: float) -> None:
+        # Only a probe near the deadline can end the wait, so none before (slow requests cost
+        # no extra calls); at least PROBE_AFTER s, so that a short deadline is not a hair trigger.
+        await trio.sleep(max(PROBE_AFTER, self.outage_timeout - PROBE_TIMEOUT))
+        while True:
+            answered = await self._shared_probe()
+            now = trio.current_time()
+            if answered:
+                self.last_answer = now
+            silent_since = max(started, self.last_answer)
+            if answered is False and now - silent_since >= self.outage_timeout:
+                request.cancel()
+                return
+            # Few probes: the next one when an unanswered probe could end the wait.
+            await trio.sleep(max(silent_since + self.outage_timeout - PROBE_TIMEOUT - now, 0.5))
+
+    async def _shared_probe(self) -> bool | None:
+        """True: the API answered; False: it did not within PROBE_TIMEOUT; None: the probe was
+        cut short by the end of the request that ran it (ask again)."""
+        if self._probing is not None:
+            event = self._probing
+            await event.wait()
+            return self._probe_answered
+        self._probing = event = trio.Event()
+        self._probe_answered = None
+        try:
+            with trio.move_on_after(PROBE_TIMEOUT) as scope:
+                try:
+                    await self._probe()
+                except ArkerError as exc:
+                    self._probe_answered = exc.status != 0  # 0: no HTTP answer at all
+                except FsError:
+                    self._probe_answered = True
+                else:
+                    self._probe_answered = True
+            if scope.cancelled_caught:
+                self._probe_answered = False
+        finally:
+            self._probing = None
+            event.set()
+        return self._probe_answered
+
+
+def _answered(result: outcome.Outcome) -> bool:
+    """Did the API answer? Not if the request was cancelled or never got an HTTP answer."""
+    if not isinstance(result, outcome.Error):
+        return True
+    error = result.error
+    return not (isinstance(error, trio.Cancelled) or (isinstance(error, ArkerError) and error.status == 0))
+
+
+class _WatchedFile:
+    """A ``RemoteFile`` whose reads (presigned GETs) are watched like every other request."""
+
+    def __init__(self, inner: RemoteFile, live: Liveness) -> None:
+        self._inner = inner
+        self._live = live
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def read_range(self, offset: int, length: int) -> bytes:
+        return await self._live.watch(lambda: self._inner.read_range(offset, length))
+
+    async def read_all(self) -> bytes:
+        return await self._live.watch(self._inner.read_all)
+
+    async def download_to(self, target) -> int:
+        return await self._live.watch(lambda: self._inner.download_to(target))
 
 
 class _Ambiguous(Exception):
@@ -96,15 +216,18 @@ class SessionPool:
 
 class RemoteFS:
     def __init__(self, vm, *, session_id: int = 7, run_timeout: float = 60.0,
-                 sessions: int = DEFAULT_SESSIONS, inline_read_max: int = INLINE_READ_MAX) -> None:
+                 sessions: int = DEFAULT_SESSIONS, inline_read_max: int = INLINE_READ_MAX,
+                 outage_timeout: float | None = None) -> None:
         """``vm`` is an ``arkerfs.client.VM``. Runs use the dedicated sessions ``session_id``,
-        ``session_id + 1``, ... (``sessions`` of them), never 0."""
+        ``session_id + 1``, ... (``sessions`` of them), never 0. ``outage_timeout``: abandon a
+        request (EIO) when the API answers nothing for that long (None: never)."""
         if session_id < 1 or sessions < 1:
             raise ValueError("session ids start at 1 (session 0 is the user's) and sessions >= 1")
         self._vm = vm
         self._run_timeout = run_timeout
         self._inline_read_max = inline_read_max
         self.pool = SessionPool([session_id + i for i in range(sessions)])
+        self.live = Liveness(lambda: vm.sync.open_read(PROBE_PATH), outage_timeout)
 
     # -- running fragments --------------------------------------------------------------------
     async def _run(self, fragments: list[S.Fragment]) -> tuple[list[S.Outcome], bytes]:
@@ -113,10 +236,11 @@ class RemoteFS:
         for attempt in range(BUSY_RETRIES + 1):
             async with self.pool.session() as sid:
                 try:
-                    result = await self._vm.run(command, session_id=sid, timeout=self._run_timeout)
+                    result = await self.live.watch(
+                        lambda: self._vm.run(command, session_id=sid, timeout=self._run_timeout))
                     self.pool.abandoned.discard(sid)
                     break
-                except trio.Cancelled:
+                except (trio.Cancelled, NoAnswer):  # the VM may still run it: never replayed
                     self.pool.abandoned.add(sid)
                     raise
                 except ArkerError as exc:
@@ -371,7 +495,7 @@ class RemoteFS:
         sync_path = self._sync_path(path)
         if sync_path is not None:
             try:
-                return await self._vm.sync.open_read(sync_path)
+                return self._watched(await self.live.watch(lambda: self._vm.sync.open_read(sync_path)))
             except ArkerError as exc:
                 if exc.code != "bad_request":
                     raise FsError(errno_for_api_error(exc), str(exc)) from exc
@@ -381,7 +505,7 @@ class RemoteFS:
             S.read_small_or_stage(path, staging, self._inline_read_max), readonly=True)
         if got.content is None:
             try:
-                remote = await self._vm.sync.open_read(staging.decode())
+                remote = self._watched(await self.live.watch(lambda: self._vm.sync.open_read(staging.decode())))
                 data = await remote.read_all()
             except ArkerError as exc:
                 raise FsError(errno_for_api_error(exc), str(exc)) from exc
@@ -390,6 +514,10 @@ class RemoteFS:
         else:
             data = got.content
         return RemoteFile(None, path=os.fsdecode(path), size=len(data), content=data)
+
+    def _watched(self, remote_file: RemoteFile) -> RemoteFile:
+        """Presigned reads of ``remote_file`` watched for answers like every other request."""
+        return remote_file if self.live.outage_timeout is None else _WatchedFile(remote_file, self.live)
 
     async def _cleanup(self, staging: bytes) -> None:
         """Remove a staging file; failures only log (a later staging run sweeps leftovers)."""
@@ -424,7 +552,7 @@ class RemoteFS:
         sync_path = None if in_place else self._sync_path(path)
         if sync_path is not None:
             try:
-                await self._vm.sync.write_file(sync_path, data)
+                await self.live.watch(lambda: self._vm.sync.write_file(sync_path, data))
             except ArkerError as exc:
                 if exc.code != "bad_request":
                     raise FsError(errno_for_api_error(exc), str(exc)) from exc
@@ -438,7 +566,7 @@ class RemoteFS:
         staging = S.STAGING + b"/" + new_ulid().encode()
         for first in (True, False):
             try:
-                await self._vm.sync.write_file(staging.decode(), data)
+                await self.live.watch(lambda: self._vm.sync.write_file(staging.decode(), data))
                 break
             except ArkerError as exc:
                 if not (first and exc.code == "not_found"):

@@ -4,7 +4,9 @@ Local checks (mountpoint, key file) run first and fail with one line on stderr. 
 ``--foreground`` the process forks: the child becomes the daemon and reports over a pipe, and the
 parent exits 0 only once the mount is live, or prints the daemon's one-line reason and exits 1.
 The API key comes from ``--api-key-file`` (which must not be readable by group or others) or
-``ARKER_API_KEY``; it never appears in argv, the process title or the log.
+``ARKER_API_KEY``; it never appears in argv, the process title, the log, or the environment of
+any process (a command started with ``ARKER_API_KEY`` re-execs itself without it: see keypass.py).
+Before mounting, what a crashed daemon left in the spool is rescued and reported (leftovers.py).
 
 Heavy imports (trio, pyfuse3, the client) happen only when the command runs.
 """
@@ -58,12 +60,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from arkerfs.mount import keypass, leftovers
+
+    if keypass.started_with_key():  # /proc/<pid>/environ would show it for our whole life
+        keypass.reexec_without_key()
     try:
         config = build_config(args)
     except CommandError as exc:
         print(f"arkerfs mount: {exc}", file=sys.stderr)
         return EXIT_FAILED
     level = "debug" if args.debug else args.log_level
+    note = leftovers.collect(config.spool_dir)  # what a crashed daemon left in this spool
+    if note:
+        print(f"arkerfs mount: {note}", file=sys.stderr)
     if args.foreground:
         return _run_daemon(config, level, ready_fd=None)
     return _detach(config, level)
@@ -82,10 +91,12 @@ def build_config(args: argparse.Namespace):
         raise CommandError("--run-timeout must be positive")
     if args.connect_timeout <= 0:
         raise CommandError("--connect-timeout must be positive")
-    mountpoint = os.path.realpath(args.mountpoint)
+    from arkerfs.mount import keypass
+
+    mountpoint = runtime.resolve_mountpoint(args.mountpoint)
     check_mountpoint(mountpoint)
     api_key = None
-    env_key = os.environ.pop("ARKER_API_KEY", None)  # read once: no child process inherits it
+    env_key = keypass.take_key()  # read once: no child process inherits it
     if not args.local:
         api_key = read_key_file(args.api_key_file) if args.api_key_file else env_key
         if not api_key:

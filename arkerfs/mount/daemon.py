@@ -4,21 +4,26 @@
 2. resolve the VM and probe it with one listing of /home/user — everything that can fail runs
    before ``pyfuse3.init``, which mounts at once (any access before ``main`` would hang);
 3. ``pyfuse3.init`` → state file → readiness reported to whoever waits (the detaching parent);
-4. nursery { ``pyfuse3.main()``, signal watcher }: SIGTERM/SIGINT push pending writes, then
-   ``pyfuse3.terminate()``; an external ``fusermount3 -u`` also ends ``main``;
+4. nursery { ``pyfuse3.main()``, signal watcher }: SIGTERM/SIGINT list the files still to push
+   (for ``arkerfs umount``), push them, then ``pyfuse3.terminate()``; an external
+   ``fusermount3 -u`` also ends ``main``;
 5. push what is still pending (rescue files for what cannot be pushed), then
    ``pyfuse3.close(unmount=clean)``: after a crash the mount is left dead (ENOTCONN) rather than
-   silently empty, and ``arkerfs umount`` cleans it up;
+   silently empty, and ``arkerfs umount`` cleans it up; SIGUSR2 (``arkerfs umount --force``)
+   gives up pushing at any point of 4-5: handlers still waiting are cancelled and every unsent
+   buffer goes to a rescue file at once;
 6. write the result file (clean?, rescue files) that ``arkerfs umount`` reports from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,7 +138,7 @@ async def _connect(config: MountConfig, report):
                 log.info("creating VM %s from arkuntu", config.vm)
                 vm = await arker.vm("arkuntu").fork(name=config.vm)
             report.vm_id = vm.id
-            remote = RemoteFS(vm, run_timeout=config.run_timeout)
+            remote = RemoteFS(vm, run_timeout=config.run_timeout, outage_timeout=config.outage_timeout)
             probe = await remote.list_dir(HOME.encode())
         if deadline.cancelled_caught:
             await arker.aclose()
@@ -206,40 +211,118 @@ async def _serve(config: MountConfig, remote, probe, ready, report) -> runtime.M
     report.state = "serving"
     clean = False
     rescued: list[str] = []
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_signals, vfs)
-            await pyfuse3.main()
-            nursery.cancel_scope.cancel()
-        clean = True
-    finally:
-        notify.stopping("pushing pending writes before unmounting")
-        report.state = "draining"
+    give_up = GiveUp()
+    # The signal watcher lives until the very end: a second SIGTERM during the final push must
+    # not fall back to the default action (death without a result).
+    async with trio.open_nursery() as watching:
+        watching.start_soon(_watch_signals, vfs, config.mountpoint, give_up, watching)
         try:
-            with trio.move_on_after(SHUTDOWN_PUSH_DEADLINE) as scope:
-                scope.shield = True
-                rescued = await vfs.shutdown()
-            if scope.cancelled_caught:
-                log.error("gave up pushing pending writes after %.0f s", SHUTDOWN_PUSH_DEADLINE)
+            with give_up.scope():  # giving up also cancels handlers still waiting on the API
+                await pyfuse3.main()
+            clean = not give_up.given_up
+            give_up.serving = False
+        finally:
+            give_up.serving = False  # pyfuse3.terminate() is for a running main() only
+            notify.stopping("pushing pending writes before unmounting")
+            report.state = "draining"
+            try:
+                with trio.move_on_after(SHUTDOWN_PUSH_DEADLINE) as scope:
+                    scope.shield = True
+                    with give_up.scope():
+                        rescued = await vfs.shutdown()
+                if give_up.given_up:
+                    rescued = _rescue_all(vfs)
+                    clean = False
+                elif scope.cancelled_caught:
+                    log.error("gave up pushing pending writes after %.0f s", SHUTDOWN_PUSH_DEADLINE)
+                    clean = False
+            except Exception:  # still unmount (or release) the kernel side below
+                log.exception("pushing pending writes at unmount failed")
                 clean = False
-        except Exception:  # still unmount (or release) the kernel side below
-            log.exception("pushing pending writes at unmount failed")
-            clean = False
-        pyfuse3.close(unmount=clean)
-        result = runtime.MountResult(clean=clean, rescued=rescued)
-        runtime.write_result(config.mountpoint, result)
-        runtime.remove_state(config.mountpoint)
-        log.info("unmounted %s (clean=%s, rescued=%d)", config.mountpoint, clean, len(rescued))
+            pyfuse3.close(unmount=clean)
+            result = runtime.MountResult(clean=clean, rescued=rescued)
+            runtime.write_result(config.mountpoint, result)
+            runtime.remove_state(config.mountpoint)
+            runtime.clear_pending(config.mountpoint)
+            log.info("unmounted %s (clean=%s, rescued=%d)", config.mountpoint, clean, len(rescued))
+            watching.cancel_scope.cancel()
     return result
 
 
-async def _watch_signals(vfs) -> None:
+async def _watch_signals(vfs, mountpoint: str, give_up: GiveUp, nursery: trio.Nursery) -> None:
+    """SIGTERM/SIGINT: push, then unmount (later ones are ignored: already on the way);
+    SIGUSR2: give up pushing (``arkerfs umount --force``)."""
     import pyfuse3
 
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    unmounting = False
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR2) as signals:
         async for signum in signals:
-            log.info("%s: pushing pending writes, then unmounting", signal.Signals(signum).name)
-            notify.stopping("pushing pending writes before unmounting")
-            await vfs.push_all()
-            pyfuse3.terminate()
-            return
+            name = signal.Signals(signum).name
+            if signum == signal.SIGUSR2:
+                log.warning("%s: giving up pushing; unsent data goes to rescue files", name)
+                give_up.now()
+                _rescue_all(vfs)
+                if give_up.serving:
+                    pyfuse3.terminate()
+            elif unmounting:
+                log.info("%s: already pushing pending writes and unmounting", name)
+            else:
+                unmounting = True
+                log.info("%s: pushing pending writes, then unmounting", name)
+                notify.stopping("pushing pending writes before unmounting")
+                runtime.write_pending(mountpoint, _pending_paths(vfs))
+                nursery.start_soon(_push_then_terminate, vfs, give_up)
+
+
+async def _push_then_terminate(vfs, give_up: GiveUp) -> None:
+    import pyfuse3
+
+    with give_up.scope():
+        await vfs.push_all()
+    if give_up.serving:
+        pyfuse3.terminate()
+
+
+class GiveUp:
+    """SIGUSR2 (``arkerfs umount --force``): cancel every push at unmount, now and later."""
+
+    def __init__(self) -> None:
+        self.given_up = False
+        self.serving = True  # pyfuse3.main() is running
+        self._scopes: set[trio.CancelScope] = set()
+
+    @contextmanager
+    def scope(self) -> Iterator[trio.CancelScope]:
+        cancel = trio.CancelScope()
+        if self.given_up:
+            cancel.cancel()
+        self._scopes.add(cancel)
+        try:
+            with cancel:
+                yield cancel
+        finally:
+            self._scopes.discard(cancel)
+
+    def now(self) -> None:
+        self.given_up = True
+        for cancel in self._scopes:
+            cancel.cancel()
+
+
+def _pending_paths(vfs) -> list[str]:
+    """VM paths of the open files that still have something to push."""
+    paths = []
+    for ino, file in list(vfs._files.items()):  # read-only look at the VFS's open files
+        if file.dirty and ino in vfs.inodes:
+            with contextlib.suppress(Exception):
+                paths.append(vfs.inodes.path(ino).decode("utf-8", "replace"))
+    return paths
+
+
+def _rescue_all(vfs) -> list[str]:
+    """Save every unsent buffer to a rescue file without trying to push it; returns all rescue
+    files of this mount. Synchronous, so no handler interleaves with it."""
+    for ino, file in list(vfs._files.items()):
+        if file.dirty:
+            vfs._drop_file(ino, file)  # rescues the content (logged at ERROR with its path)
+    return list(vfs.rescued)

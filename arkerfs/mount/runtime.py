@@ -7,6 +7,8 @@ Per mountpoint (keyed by a hash of its real path), under the runtime directory
   for the daemon), the VM, the log file and the spool directory;
 - ``<hash>.result.json``: written by the daemon as it exits: whether it unmounted cleanly and the
   rescue files holding data it could not push;
+- ``<hash>.pending.json``: written by the daemon when it is told to unmount: the files it still
+  has to push, so that ``arkerfs umount`` can say what it is waiting for;
 - ``<hash>.log``: the daemon's log when detached and no ``--log-file`` was given.
 
 The spool directory (contents, write buffers, rescue files) defaults to
@@ -33,6 +35,20 @@ def runtime_dir() -> Path:
         path = Path(f"/tmp/arkerfs-{os.getuid()}")
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def resolve_mountpoint(path: str) -> str:
+    """``path`` as the mount table spells it, found without a stat of the mounted tree: a stat
+    of a mount whose API never answers would wait for it. A path that is not a mount point
+    as given is resolved fully (``os.path.realpath``)."""
+    absolute = os.path.abspath(path)  # lexical: no system call
+    if mount_entry(absolute) is not None:
+        return absolute
+    head, tail = os.path.split(absolute)
+    beside = os.path.join(os.path.realpath(head), tail)  # symlinks above it, not in it
+    if mount_entry(beside) is not None:
+        return beside
+    return os.path.realpath(absolute)
 
 
 def mount_key(mountpoint: str) -> str:
@@ -115,6 +131,23 @@ def take_result(mountpoint: str) -> MountResult | None:
 
 def clear_result(mountpoint: str) -> None:
     _state_path(mountpoint, ".result.json").unlink(missing_ok=True)
+
+
+def write_pending(mountpoint: str, paths: list[str]) -> None:
+    tmp = _state_path(mountpoint, ".pending.json.tmp")
+    tmp.write_text(json.dumps(paths))
+    os.replace(tmp, _state_path(mountpoint, ".pending.json"))
+
+
+def read_pending(mountpoint: str) -> list[str]:
+    try:
+        return [str(p) for p in json.loads(_state_path(mountpoint, ".pending.json").read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def clear_pending(mountpoint: str) -> None:
+    _state_path(mountpoint, ".pending.json").unlink(missing_ok=True)
 
 
 def own_cmdline() -> str:
