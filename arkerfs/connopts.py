@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, local: bool = True) -> Non
                        help="file holding the API key (mode 0600); default $ARKER_API_KEY")
     group.add_argument("--base-url", metavar="URL", help="API base URL (default: $ARKER_BASE_URL or the public host)")
     group.add_argument("--list-base-url", metavar="URL",
-                       help="base URL for listing VMs (default: $ARKER_LIST_BASE_URL or --base-url)")
+                       help="base URL for listing VMs and name lookup (default: $ARKER_LIST_BASE_URL, "
+                            "else https://arker.ai for an Arker cloud --base-url, else --base-url)")
     if local:
         group.add_argument("--local", action="store_true",
                            help="use the embedded local server (no account needed)")
@@ -75,7 +76,7 @@ async def open_arker(args: argparse.Namespace) -> AsyncIterator:
     if not getattr(args, "local", False):
         key = api_key(args)
         try:
-            client = Arker(key, base_url=args.base_url, list_base_url=args.list_base_url or args.base_url)
+            client = Arker(key, base_url=args.base_url, list_base_url=args.list_base_url)
         except ValueError as exc:  # a malformed URL
             raise ConnectionOptionsError(str(exc), exitcodes.USAGE) from None
         async with client:

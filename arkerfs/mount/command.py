@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local", action="store_true",
                         help="run the embedded local server and create VM (a fork of arkuntu) if missing")
     parser.add_argument("--base-url", help="API base URL (default: $ARKER_BASE_URL or the public host)")
-    parser.add_argument("--list-base-url", help="base URL for listing VMs (default: $ARKER_LIST_BASE_URL or --base-url)")
+    parser.add_argument("--list-base-url", help="base URL for listing VMs and name lookup (default: $ARKER_LIST_BASE_URL, else https://arker.ai for an Arker cloud --base-url, else --base-url)")
     parser.add_argument("--api-key-file", help="file holding the API key (mode 0600); default $ARKER_API_KEY")
     parser.add_argument("--cache-ttl", type=float, default=3.0, metavar="SECONDS",
                         help="how long metadata read from the VM is trusted (default 3)")
@@ -107,7 +107,7 @@ def build_config(args: argparse.Namespace):
         mountpoint=mountpoint,
         api_key=api_key,
         base_url=args.base_url,
-        list_base_url=args.list_base_url or args.base_url,  # one server answers both by default
+        list_base_url=args.list_base_url,  # None: the SDK picks (arker.ai for a cloud region, else the base URL)
         cache_ttl=args.cache_ttl,
         read_only=args.read_only,
         outage_timeout=args.outage_timeout,
