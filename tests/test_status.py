@@ -79,7 +79,7 @@ def test_human_status_lists_every_live_mount(server, control):
 
 def test_state_attribute_follows_a_file_through_pending_failed_and_clean(server, control, monkeypatch):
     with mounted(server, "--outage-timeout", "0") as m:
-        m.allow_log("giving up|failed|could not")
+        m.allow_log("giving up|failed|could not|no answer from the API")
         path = m.p("notes.txt")
         with open(path, "wb", buffering=0) as f:
             assert os.getxattr(path, "user.arkerfs.state") == b"clean"  # empty new file: nothing to push

@@ -449,6 +449,25 @@ class VFS:
             "failed": sum(f.sync_state == "failed" for f in dirty),
         }
 
+    def pending_paths(self) -> list[str]:
+        """VM paths of the open files that still have something to push."""
+        paths = []
+        for ino, file in list(self._files.items()):
+            if file.dirty and ino in self.inodes:
+                try:
+                    paths.append(self.inodes.path(ino).decode("utf-8", "replace"))
+                except FsError:  # a directory above it is gone
+                    pass
+        return paths
+
+    def rescue_unsent(self) -> list[str]:
+        """Save every unsent buffer to a rescue file without trying to push it (``arkerfs umount
+        --force``); returns every rescue file of this mount. Synchronous: no handler interleaves."""
+        for ino, file in list(self._files.items()):
+            if file.dirty:
+                self._drop_file(ino, file)  # rescues the content (logged at ERROR with its path)
+        return list(self.rescued)
+
     # == extended attributes ===================================================================
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         if name == STATE_XATTR:

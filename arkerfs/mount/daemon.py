@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -231,7 +230,7 @@ async def _serve(config: MountConfig, remote, probe, ready, report) -> runtime.M
                     with give_up.scope():
                         rescued = await vfs.shutdown()
                 if give_up.given_up:
-                    rescued = _rescue_all(vfs)
+                    rescued = vfs.rescue_unsent()
                     clean = False
                 elif scope.cancelled_caught:
                     log.error("gave up pushing pending writes after %.0f s", SHUTDOWN_PUSH_DEADLINE)
@@ -261,7 +260,7 @@ async def _watch_signals(vfs, mountpoint: str, give_up: GiveUp, nursery: trio.Nu
             if signum == signal.SIGUSR2:
                 log.warning("%s: giving up pushing; unsent data goes to rescue files", name)
                 give_up.now()
-                _rescue_all(vfs)
+                vfs.rescue_unsent()
                 if give_up.serving:
                     pyfuse3.terminate()
             elif unmounting:
@@ -270,7 +269,7 @@ async def _watch_signals(vfs, mountpoint: str, give_up: GiveUp, nursery: trio.Nu
                 unmounting = True
                 log.info("%s: pushing pending writes, then unmounting", name)
                 notify.stopping("pushing pending writes before unmounting")
-                runtime.write_pending(mountpoint, _pending_paths(vfs))
+                runtime.write_pending(mountpoint, vfs.pending_paths())
                 nursery.start_soon(_push_then_terminate, vfs, give_up)
 
 
@@ -309,20 +308,3 @@ class GiveUp:
             cancel.cancel()
 
 
-def _pending_paths(vfs) -> list[str]:
-    """VM paths of the open files that still have something to push."""
-    paths = []
-    for ino, file in list(vfs._files.items()):  # read-only look at the VFS's open files
-        if file.dirty and ino in vfs.inodes:
-            with contextlib.suppress(Exception):
-                paths.append(vfs.inodes.path(ino).decode("utf-8", "replace"))
-    return paths
-
-
-def _rescue_all(vfs) -> list[str]:
-    """Save every unsent buffer to a rescue file without trying to push it; returns all rescue
-    files of this mount. Synchronous, so no handler interleaves with it."""
-    for ino, file in list(vfs._files.items()):
-        if file.dirty:
-            vfs._drop_file(ino, file)  # rescues the content (logged at ERROR with its path)
-    return list(vfs.rescued)

@@ -71,7 +71,7 @@ def _stop_daemon(mountpoint: str, state, timeout: float, force: bool) -> tuple[b
     from arkerfs.mount import runtime
 
     os.kill(state.pid, signal.SIGTERM)
-    if not _wait_gone(state, timeout):
+    if not _wait_gone(state, timeout, show_drain=mountpoint):
         pending = runtime.read_pending(mountpoint)
         waiting = (f"{len(pending)} file(s) not pushed yet: {', '.join(pending)}" if pending
                    else "it has not finished unmounting")
@@ -120,15 +120,32 @@ def _report(mountpoint: str, state, result) -> tuple[bool, str]:
     return True, f"unmounted {mountpoint}"
 
 
-def _wait_gone(state, timeout: float) -> bool:
+def _wait_gone(state, timeout: float, *, show_drain: str | None = None) -> bool:
+    """Wait for the daemon to exit; with ``show_drain`` (its mount point), show its pending
+    pushes draining (asked of its status socket, see ``progress``) so a long wait never looks hung."""
     from arkerfs.mount import runtime
+    from arkerfs.mount.progress import DrainProgress
+    from arkerfs.mount.status import StatusUnavailable, query
 
+    progress = DrainProgress("arkerfs umount: pushing") if show_drain else None
     deadline = time.monotonic() + timeout
-    while runtime.daemon_alive(state):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    next_look = time.monotonic() + 0.5  # a quick unmount shows nothing
+    try:
+        while runtime.daemon_alive(state):
+            now = time.monotonic()
+            if now > deadline:
+                return False
+            if progress is not None and now >= next_look:
+                next_look = now + 0.5
+                try:
+                    progress.update(query(show_drain, timeout=1.0)["pending"])
+                except (StatusUnavailable, KeyError):
+                    pass  # unmounting already: the socket goes with the daemon
+            time.sleep(0.05)
+        return True
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 def _leftovers(state, mountpoint: str) -> str:
