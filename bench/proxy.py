@@ -116,6 +116,8 @@ class DelayProxy:
                 await asyncio.gather(*pipes, return_exceptions=True)
         except (ConnectionError, OSError):
             pass  # the target refused the connection: close the client's
+        except asyncio.CancelledError:
+            pass  # the proxy is stopping; ending quietly keeps asyncio from logging the cancel
         finally:
             for w in (down_writer, up_writer):
                 if w is not None:
