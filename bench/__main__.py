@@ -57,6 +57,8 @@ def main() -> None:
     argv = sys.argv[1:]
     if argv[:1] == ["tables"]:
         tables(argv[1:])
+    elif any(a.startswith("--latency-ms") for a in argv):  # the older command line, still documented
+        tables(argv)
     else:
         side_by_side(argv)
 
