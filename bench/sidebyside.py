@@ -239,18 +239,18 @@ def _summarize(opts: Options, sizes: Sizes, chosen: list[Workload], samples: dic
 
 
 def _machine() -> dict:
-    def first_line(cmd: list[str]) -> str | None:
+    def first_line(cmd: list[str], containing: str = "") -> str | None:
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-            text = (done.stdout or done.stderr).strip()
-            return text.splitlines()[0] if text else None
         except (OSError, subprocess.TimeoutExpired):
             return None
+        lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if containing in line]
+        return lines[0] if lines else None
 
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "nproc": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-        "sshfs": first_line(["sshfs", "--version"]),
+        "sshfs": first_line(["sshfs", "--version"], "SSHFS version"),
         "arkerfs_commit": first_line(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"]),
     }
 
@@ -282,7 +282,7 @@ def print_tables(result: dict) -> None:
         runs = meta["runs"]
         print(f"\nSide by side at {rtt:g} ms RTT, median of {runs} run{'s' * (runs != 1)}"
               f"{' (--quick sizes)' if meta['quick'] else ''}; {meta['nproc']} CPUs, Linux {meta['kernel']}, "
-              f"{meta['date']}")
+              f"{meta['date']}" + (f", {meta['sshfs']}" if meta.get("sshfs") else ""))
         widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
         for i, row in enumerate(table):
             print("  ".join(cell.ljust(widths[j]) for j, cell in enumerate(row)).rstrip())
