@@ -55,12 +55,16 @@ def _interrupt(signum, frame) -> None:
 def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     argv = sys.argv[1:]
-    if argv[:1] == ["tables"]:
-        tables(argv[1:])
-    elif any(a.startswith("--latency-ms") for a in argv):  # the older command line, still documented
-        tables(argv)
-    else:
-        side_by_side(argv)
+    try:
+        if argv[:1] == ["tables"]:
+            tables(argv[1:])
+        elif any(a.startswith("--latency-ms") for a in argv):  # the older command line, still documented
+            tables(argv)
+        else:
+            side_by_side(argv)
+    except KeyboardInterrupt:
+        print("interrupted: mounts unmounted, servers stopped, temp dirs removed", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -138,8 +138,9 @@ def _measure(target, proxy: DelayProxy, workload: Workload, fixtures: Path, work
         sample["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         shutil.rmtree(out, ignore_errors=True)
-        if workload.kind == "write":
-            target.remove(remote_dir)
+    # Not in the finally: on Ctrl-C the backend may be gone too, and the work dir goes anyway.
+    if workload.kind == "write":
+        target.remove(remote_dir)
     return sample
 
 
