@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc bubblewrap rsync git vim systemd
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup system-packages mount-helper test demo serve bench clean
+.PHONY: setup system-packages mount-helper test demo serve bench bench-deps clean
 
 # Idempotent: system packages only when missing, the venv only when pyproject.toml changed.
 setup: system-packages $(STAMP) mount-helper
@@ -37,7 +37,11 @@ demo: setup
 serve: setup
 	@$(PY) -m arkerfs serve
 
-bench: setup
+# sshfs and a private sshd are the benchmark's baseline; only `make bench` installs them.
+bench-deps:
+	@bash scripts/setup-system.sh sshfs openssh-server openssh-client
+
+bench: setup bench-deps
 	@$(PY) -m bench
 
 clean:

@@ -1,5 +1,6 @@
-"""Benchmarks: whole workloads against the local server with injected latency.
+"""Benchmarks: whole workloads, timed end to end, their API calls counted on ``/_local/stats``.
 
-Each workload is timed end to end and its API calls are counted on the server's
-``/_local/stats`` endpoint. Run with ``make bench`` or ``python -m bench [--latency-ms N]``.
+``python -m bench`` (``make bench``): arkerfs side by side with sshfs through a delay proxy
+(sidebyside.py, targets.py, workloads.py, proxy.py). ``python -m bench tables [--latency-ms N]``:
+the older per-operation tables at injected latency (client_ops.py, mount_ops.py).
 """
