@@ -32,6 +32,14 @@ def test_a_command_has_no_capabilities(api, vm_id):
     assert all(line.split()[1] == "0000000000000000" for line in out.splitlines()), out
 
 
+def test_the_kernels_global_knobs_and_memory_are_out_of_reach(api, vm_id):
+    before = Path("/proc/sys/kernel/printk").read_text()
+    code, out, err = sh(api, vm_id, "echo 1 > /proc/sys/kernel/printk; echo printk=$?; "
+                                    "head -c 16 /proc/kcore | wc -c; cat /proc/keys 2>/dev/null | wc -c")
+    assert "printk=0" not in out and out.split()[1:] == ["0", "0"], (out, err)
+    assert Path("/proc/sys/kernel/printk").read_text() == before
+
+
 def test_remounting_the_host_writable_fails_and_writes_nothing(api, vm_id):
     canary = f"/var/tmp/arkerfs-canary-{uuid.uuid4().hex}"
     code, out, err = sh(api, vm_id, f"mount -o remount,bind,rw / && echo x > {canary}; echo status=$?")

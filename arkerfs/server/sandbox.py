@@ -5,7 +5,9 @@ server runs as root), so it cannot mount, unmount, remount or change owners, and
 IPC, UTS, cgroup and network namespaces. Its filesystem is built from nothing:
 
 - ``/home/user``: the VM's home (read-write), the only host directory it can change;
-- ``/tmp``: a private tmpfs; ``/proc``: its own; ``/dev``: bwrap's minimal one (null, zero,
+- ``/tmp``: a private tmpfs; ``/proc``: its own, with the kernel's global knobs (``/proc/sys``,
+  ``sysrq-trigger``...) read-only and its windows on host memory and keys (``kcore``, ``kmsg``,
+  ``keys``...) masked; ``/dev``: bwrap's minimal one (null, zero,
   full, random, urandom, tty, pts, shm);
 - read-only: ``/usr`` and the merged-usr links or directories ``/bin``, ``/sbin``, ``/lib*``
   (programs and libraries), and a minimal ``/etc``: the few host files programs need to run
@@ -41,6 +43,13 @@ SYSTEM_TREES = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 NEVER_SHOWN = ("shadow", "gshadow", "shadow-", "gshadow-", "sudoers", "sudoers.d", "ssh")
 
 
+PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
+PROC_MASKED = ("/proc/kcore", "/proc/kmsg", "/proc/keys", "/proc/key-users", "/proc/timer_list",
+               "/proc/sched_debug", "/proc/latency_stats", "/proc/timer_stats", "/proc/acpi",
+               "/proc/scsi", "/proc/asound", "/proc/kallsyms", "/proc/kpagecount", "/proc/kpageflags",
+               "/proc/kpagecgroup", "/proc/vmallocinfo", "/proc/slabinfo", "/proc/config.gz")
+
+
 def synthesized_etc(work_dir: Path) -> Path:
     """A directory holding the VM's own ``passwd``/``group`` (root and user); created once."""
     etc = work_dir / "vm-etc"
@@ -74,9 +83,19 @@ def argv(bwrap: str, home: str, etc: Path, hidden: list[str], command: list[str]
     for name in ("passwd", "group", "hostname"):
         args += ["--ro-bind", str(etc / name), f"/etc/{name}"]
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    # When the server runs as root, the sandbox's uid is the host's root for file access: the
+    # kernel's global knobs under /proc must be out of its reach (as container runtimes do).
+    for path in PROC_READ_ONLY:
+        args += ["--ro-bind-try", path, path]
+    for path in PROC_MASKED:
+        if os.path.isdir(path):
+            args += ["--tmpfs", path, "--remount-ro", path]
+        elif os.path.exists(path):
+            args += ["--ro-bind", "/dev/null", path]
     for path in hidden:  # something private inside an allowed tree
         args += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
-    args += ["--dir", "/home", "--bind", home, HOME, "--chdir", HOME, *command]
+    # the skeleton (/, /etc, /home) is read-only too: only the home and /tmp take writes
+    args += ["--dir", "/home", "--bind", home, HOME, "--remount-ro", "/", "--chdir", HOME, *command]
     return args
 
 
