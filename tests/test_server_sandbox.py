@@ -40,6 +40,11 @@ def test_the_kernels_global_knobs_and_memory_are_out_of_reach(api, vm_id):
     assert Path("/proc/sys/kernel/printk").read_text() == before
 
 
+def test_no_nested_user_namespace_to_regain_capabilities(api, vm_id):
+    code, out, err = sh(api, vm_id, "unshare -U -r true; echo status=$?")
+    assert "status=0" not in out, (out, err)
+
+
 def test_remounting_the_host_writable_fails_and_writes_nothing(api, vm_id):
     canary = f"/var/tmp/arkerfs-canary-{uuid.uuid4().hex}"
     code, out, err = sh(api, vm_id, f"mount -o remount,bind,rw / && echo x > {canary}; echo status=$?")

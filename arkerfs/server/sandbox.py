@@ -1,6 +1,6 @@
 """What a VM command sees: an allow-list sandbox built with bubblewrap.
 
-A run gets a new user namespace with every capability dropped (``CapEff`` is zero even when the
+A run gets a new user namespace (in which it cannot create another) with every capability dropped (``CapEff`` is zero even when the
 server runs as root), so it cannot mount, unmount, remount or change owners, and new mount, PID,
 IPC, UTS, cgroup and network namespaces. Its filesystem is built from nothing:
 
@@ -60,14 +60,16 @@ def synthesized_etc(work_dir: Path) -> Path:
         "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
     (etc / "group").write_text("root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n")
     (etc / "hostname").write_text("arker\n")
-    for name in ("passwd", "group", "hostname"):
+    (etc / "empty").write_bytes(b"")
+    for name in ("passwd", "group", "hostname", "empty"):
         os.chmod(etc / name, 0o644)
     return etc
 
 
 def argv(bwrap: str, home: str, etc: Path, hidden: list[str], command: list[str]) -> list[str]:
     """bwrap's arguments for one run of ``command`` with ``home`` at /home/user."""
-    args = [bwrap, "--unshare-user", "--cap-drop", "ALL", "--unshare-ipc", "--unshare-pid",
+    empty = str(etc / "empty")  # covers a file (the host's /dev/null is nodev in a user namespace)
+    args = [bwrap, "--unshare-user", "--disable-userns", "--cap-drop", "ALL", "--unshare-ipc", "--unshare-pid",
             "--unshare-uts", "--unshare-net", "--unshare-cgroup-try", "--hostname", "arker",
             "--die-with-parent", "--new-session"]
     for tree in SYSTEM_TREES:
@@ -91,9 +93,9 @@ def argv(bwrap: str, home: str, etc: Path, hidden: list[str], command: list[str]
         if os.path.isdir(path):
             args += ["--tmpfs", path, "--remount-ro", path]
         elif os.path.exists(path):
-            args += ["--ro-bind", "/dev/null", path]
+            args += ["--ro-bind", empty, path]
     for path in hidden:  # something private inside an allowed tree
-        args += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
+        args += ["--tmpfs", path, "--remount-ro", path] if os.path.isdir(path) else ["--ro-bind", empty, path]
     # the skeleton (/, /etc, /home) is read-only too: only the home and /tmp take writes
     args += ["--dir", "/home", "--bind", home, HOME, "--remount-ro", "/", "--chdir", HOME, *command]
     return args
