@@ -289,10 +289,25 @@ def test_files_look_owned_by_the_mounting_user_and_chown_is_refused(m):
 
 
 def test_show_remote_owner_passes_chown_through(server, api):
+    """chown goes to the VM, whose user is unprivileged: a change of owner is refused there
+    (EPERM, as for any non-root user of a local disk) and nothing changes."""
     with mounted(server, "--show-remote-owner") as m:
         write(m.p("f"), b"")
-        remote_uid = int(api.sh(m.vm_id, "stat -c %u /home/user/f"))
-        assert os.stat(m.p("f")).st_uid == remote_uid
-        os.chown(m.p("f"), 12345, 23456)
-        assert api.sh(m.vm_id, "stat -c '%u %g' /home/user/f") == "12345 23456\n"
-        assert (os.stat(m.p("f")).st_uid, os.stat(m.p("f")).st_gid) == (12345, 23456)
+        owner = api.sh(m.vm_id, "stat -c '%u %g' /home/user/f")
+        remote_uid, remote_gid = map(int, owner.split())
+        assert (os.stat(m.p("f")).st_uid, os.stat(m.p("f")).st_gid) == (remote_uid, remote_gid)
+        os.chown(m.p("f"), remote_uid, remote_gid)
+        # EPERM for an unprivileged user; EINVAL where that uid has no mapping in the VM's namespace
+        assert errno_of(os.chown, m.p("f"), 12345, 23456) in (errno.EPERM, errno.EINVAL)
+        assert api.sh(m.vm_id, "stat -c '%u %g' /home/user/f") == owner
+
+
+def test_the_vms_user_is_unprivileged_so_a_read_only_directory_refuses_changes(m):
+    """Even for root on this side: the VM's user has no capabilities, as on a real VM."""
+    os.mkdir(m.p("ro"))
+    write(m.p("ro", "kept"), b"x")
+    os.chmod(m.p("ro"), 0o555)
+    assert errno_of(os.mkdir, m.p("ro", "new")) == errno.EACCES
+    assert errno_of(os.unlink, m.p("ro", "kept")) == errno.EACCES
+    os.chmod(m.p("ro"), 0o755)
+    os.unlink(m.p("ro", "kept"))

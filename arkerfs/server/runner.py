@@ -1,9 +1,8 @@
 """Run commands in a VM: ``bash -c`` under bubblewrap, with emulated persistent sessions.
 
-Every run is a fresh sandbox (PROTOCOL.md 9): the host is mounted read-only, ``/tmp`` is a
-private tmpfs, the VM's home is bind-mounted at ``/home/user``, the network and PID
-namespaces are new, and the server's data dir (other VMs, secrets) is hidden under a tmpfs.
-Because the sandbox has its own PID namespace, everything a command started dies with it:
+Every run is a fresh sandbox (PROTOCOL.md 9; what it sees: ``sandbox``): no capabilities, the
+VM's home at ``/home/user``, a private ``/tmp``, the system's programs read-only, and nothing
+else of the host. Because the sandbox has its own PID namespace, everything a command started dies with it:
 when the command ends, or when a timeout SIGKILLs bwrap's process group.
 
 A real VM keeps one shell per session. Here a session is just ``{cwd, exported env}``: the
@@ -28,6 +27,7 @@ from pathlib import Path
 import trio
 
 from arkerfs.protocol import HOME
+from arkerfs.server import sandbox
 from arkerfs.server.errors import ApiError
 
 OUTPUT_CAP = 8 * 1024 * 1024
@@ -130,10 +130,11 @@ async def _drain(stream: trio.abc.ReceiveStream, out: Output) -> None:
 class Runner:
     """Runs commands for every VM; owns the sessions and their busy flags."""
 
-    def __init__(self, bwrap: str, hidden_dirs: list[str], hidden_files: list[str], work_dir: Path, ceiling: float) -> None:
+    def __init__(self, bwrap: str, hidden: list[str], work_dir: Path, ceiling: float) -> None:
+        """``hidden``: private paths inside the trees a sandbox shows (see ``sandbox``)."""
         self._bwrap = bwrap
-        self._hidden_dirs = hidden_dirs
-        self._hidden_files = hidden_files
+        self._hidden = hidden
+        self._etc = sandbox.synthesized_etc(work_dir)
         self._work = work_dir
         self._ceiling = ceiling
         self._sessions: dict[tuple[str, str], Session] = {}
@@ -156,23 +157,7 @@ class Runner:
             del self._sessions[ident]
 
     def _argv(self, home: str, script: str) -> list[str]:
-        argv = [
-            self._bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--tmpfs", "/tmp", "--tmpfs", "/home",
-        ]
-        for path in self._hidden_dirs:
-            argv += ["--tmpfs", path]
-        for path in self._hidden_files:
-            argv += ["--ro-bind", "/dev/null", path]
-        # The VM home goes last: the data dir holding it may sit under /tmp, /home or a
-        # hidden dir, and a later mount would cover it.
-        argv += [
-            "--bind", home, HOME,
-            "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", "arker",
-            "--die-with-parent", "--new-session", "--chdir", HOME,
-            "/bin/bash", "-c", script,
-        ]
-        return argv
+        return sandbox.argv(self._bwrap, home, self._etc, self._hidden, ["/bin/bash", "-c", script])
 
     async def run(self, home: str, session: Session, command: str, timeout: float | None) -> RunResult:
         """Run ``command`` in ``session``; returns even on timeout (exit -1, timed_out)."""

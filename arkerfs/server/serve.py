@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -22,6 +23,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from arkerfs.server.app import create_app
 from arkerfs.server.config import ServerConfig, StartupError
 from arkerfs.server.faults import Faults
+from arkerfs.server import sandbox
 from arkerfs.server.runner import Runner
 from arkerfs.server.state import ServerState
 from arkerfs.server.store import VmStore
@@ -29,8 +31,6 @@ from arkerfs.server.tokens import Signer, load_secret
 from arkerfs.server.uploads import Uploads
 
 log = logging.getLogger("arkerfs.server")
-# Paths runs already see as fresh tmpfs mounts, so nothing below them needs hiding again.
-_PRIVATE_IN_SANDBOX = (Path("/tmp"), Path("/home"))
 SWEEP_INTERVAL = 30.0
 
 
@@ -43,9 +43,9 @@ def _tool(name: str, why: str) -> str:
 
 async def _probe_bwrap(bwrap: str) -> None:
     """Refuse to start where bubblewrap cannot build the sandbox runs need (e.g. no user namespaces)."""
-    probe = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-net",
-             "--unshare-pid", "--die-with-parent", "/bin/true"]
-    result = await trio.run_process(probe, capture_stderr=True, check=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        probe = sandbox.argv(bwrap, scratch, sandbox.synthesized_etc(Path(scratch)), [], ["/bin/true"])
+        result = await trio.run_process(probe, capture_stderr=True, check=False)
     if result.returncode != 0:
         detail = result.stderr.decode(errors="replace").strip().splitlines()
         raise StartupError(f"bubblewrap cannot create a sandbox on this host: {detail[-1] if detail else result.returncode}")
@@ -60,10 +60,6 @@ def _lock_data_dir(data_dir: Path) -> int:
         os.close(fd)
         raise StartupError(f"data dir {data_dir} is in use by another arkerfs serve") from None
     return fd
-
-
-def _needs_hiding(path: Path) -> bool:
-    return not any(path == p or p in path.parents for p in _PRIVATE_IN_SANDBOX)
 
 
 def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
@@ -83,11 +79,10 @@ def build_state(config: ServerConfig, data_dir: Path, bwrap: str, cp: str) -> Se
     staging.mkdir()
     store = VmStore(data_dir, cp)
     store.load()
-    hidden_files = [p.resolve() for p in config.hidden_files]
+    private = [data_dir, *(p.resolve() for p in config.hidden_files)]
     runner = Runner(
         bwrap,
-        hidden_dirs=[str(data_dir)] if _needs_hiding(data_dir) else [],
-        hidden_files=[str(p) for p in hidden_files if _needs_hiding(p) and data_dir not in p.parents],
+        hidden=[str(p) for p in private if sandbox.inside_allowed_trees(p)],
         work_dir=staging,
         ceiling=config.run_timeout_ceiling,
     )
