@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from arkerfs.server import confine, snapshots
 from arkerfs.server.errors import ApiError, EntryError
-from arkerfs.server.state import begin, server
+from arkerfs.server.state import ServerState, begin, server
 from arkerfs.server.tokens import Grant, TokenError
 
 READ_CHUNK = 256 * 1024
@@ -72,7 +72,7 @@ def _changed(path: str) -> ApiError:
     return ApiError("precondition_failed", f"{path} changed since this URL was issued; request a new one", status=412)
 
 
-async def _open_version(state, grant: Grant, version: snapshots.Version) -> int:
+async def _open_version(state: ServerState, grant: Grant, version: snapshots.Version) -> int:
     """A descriptor (the caller closes it) holding exactly the version ``grant`` names."""
     fd = state.snapshots.take(grant.vm_id, version)
     if fd is None:
