@@ -380,7 +380,10 @@ async def test_ranged_reads_grow_while_sequential_and_restart_when_not(tmp_path,
             gets.append((offset // 4, length // 4))  # (first chunk, chunks asked)
             return data[offset:offset + length]
 
-    ranged = content.RangedContent(b"/h/f", Remote(), opener=None)
+        async def read_range_into(self, offset, length, sink):
+            sink(offset, await self.read_range(offset, length))
+
+    ranged = content.RangedContent(b"/h/f", Remote(), opener=None, spool_dir=str(tmp_path))
     for offset in range(0, 128, 2):  # a sequential reader, two bytes at a time, chunks 0..31
         assert await ranged.read(offset, 2) == data[offset:offset + 2]
     assert gets == [(0, 1), (1, 2), (3, 4), (7, 8), (15, 16), (31, 16)]

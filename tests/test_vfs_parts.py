@@ -156,6 +156,12 @@ class FakeRemoteFile:
         self.log.append((off, n))
         return self.data[off:off + n]
 
+    async def read_range_into(self, off, n, sink):
+        sink(off, await self.read_range(off, n))
+
+    def continues(self, previous):
+        pass
+
 
 async def test_ranged_content_fetches_only_needed_aligned_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(content, "CHUNK", 4)

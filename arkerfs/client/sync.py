@@ -1,7 +1,8 @@
 """File transfer through ``sync`` (PROTOCOL.md §4.5, §4.6): whole-file reads and writes.
 
 Reads come back inline or as a presigned URL; ``RemoteFile`` hides the difference and adds
-ranged reads on presigned URLs (§10.2). Writes of at most ``CHUNK_SIZE`` bytes go inline in
+ranged reads on presigned URLs (§10.2), every answer checked to be of the one version the
+handle reads (``object_changed`` otherwise). Writes of at most ``CHUNK_SIZE`` bytes go inline in
 one request; larger ones go presign request → one PUT of the whole file → commit.
 """
 
@@ -10,8 +11,9 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import BinaryIO
 from urllib.parse import quote
 
@@ -53,8 +55,15 @@ class RemoteFile:
     """The answer to one sync read: the file's bytes inline, or a presigned URL to them.
 
     A presigned URL is a snapshot of the file when it was read; ``expired`` turns True a
-    margin before the URL's lifetime ends, and then a fresh ``open_read`` is needed.
-    Inline content needs no transport, so callers may wrap bytes they fetched another way.
+    margin before the URL's lifetime ends, and then a fresh ``open_read`` is needed (call
+    ``continues`` on it). Inline content needs no transport, so callers may wrap bytes they
+    fetched another way.
+
+    One version, first byte to last: the first answer's ``ETag`` (or, from a store that sends
+    none, its ``Last-Modified``) is the reference, every later answer must carry the same one and
+    the size the read reported (``Content-Range`` total, or the length of a whole body), and a
+    412 from the store means the version is gone. Any of these raises
+    ``ArkerError("object_changed")``: reading on would mix two versions.
     """
 
     def __init__(
@@ -78,6 +87,9 @@ class RemoteFile:
         self._url = url
         # (a short-lived URL gets a proportional margin, so it is usable at all)
         self._expires_at = time.monotonic() + expires_in - min(EXPIRY_MARGIN, expires_in / 4)
+        self._etag: str | None = None  # validators of the version read (see the class docstring)
+        self._modified: str | None = None
+        self._answered = False  # the reference is taken from this URL's first answer
 
     @classmethod
     def from_wire(cls, transport: Transport, path: str, r: dict) -> RemoteFile:
@@ -115,44 +127,91 @@ class RemoteFile:
         # The URL is a bearer credential for this file, so it stays out of the repr.
         return f"RemoteFile(path={self.path!r}, size={self.size}, inline={self.inline})"
 
+    def continues(self, previous: RemoteFile) -> None:
+        """This fresh URL goes on reading the version ``previous`` read (whose URL expired):
+        ``object_changed`` if the size differs, and its answers must carry ``previous``'s ETag.
+        (Not its Last-Modified: a store may date each copy it serves.)"""
+        if self.size != previous.size:
+            raise self._changed(f"its size is now {self.size}, was {previous.size}", 200)
+        self._etag = previous._etag
+
     async def read_range(self, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset+length)`` clipped at EOF; one ranged GET when presigned."""
+        if self._content is not None and offset >= 0 and length >= 0:
+            return self._content[offset:min(offset + length, self.size)]
+        end = min(offset + length, self.size)
+        buf = bytearray(max(end - offset, 0))
+
+        def keep(position: int, data: bytes) -> None:
+            buf[position - offset:position - offset + len(data)] = data
+
+        await self.read_range_into(offset, length, keep)
+        return bytes(buf)
+
+    async def read_range_into(self, offset: int, length: int, sink: Callable[[int, bytes], object]) -> int:
+        """Pass bytes ``[offset, offset+length)`` (clipped at EOF) to ``sink(position, data)`` as
+        they arrive, so none are held here; returns their count. One ranged GET when presigned;
+        a GET retried after a dropped body calls ``sink`` again from ``offset``."""
         if offset < 0 or length < 0:
             raise ValueError("offset and length must be non-negative")
         end = min(offset + length, self.size)
         if offset >= end:
-            return b""
+            return 0
         if self._content is not None:
-            return self._content[offset:end]
+            sink(offset, self._content[offset:end])
+            return end - offset
 
-        async def consume(status: int, chunks: AsyncIterator[bytes]) -> bytes:
-            if status == 206:
-                data = b"".join([chunk async for chunk in chunks])
-                if len(data) != end - offset:
-                    message = f"ranged GET of {self.path} returned {len(data)} bytes, wanted {end - offset}"
-                    raise ArkerError("internal", message, status)
-                return data
-            # The store ignored Range (200): stream the body, keeping only the wanted window.
-            out, position = bytearray(), 0
+        async def consume(status: int, chunks: AsyncIterator[bytes], headers: Mapping[str, str]) -> int:
+            self._check_version(status, headers)
+            position = offset if status == 206 else 0  # a store that ignored Range sends it all (200)
             async for chunk in chunks:
                 low, high = max(offset - position, 0), min(end - position, len(chunk))
                 if low < high:
-                    out += chunk[low:high]
+                    sink(position + low, chunk[low:high])
                 position += len(chunk)
                 if position >= end:
                     break
-            return bytes(out)
+            if position < end:
+                message = f"ranged GET of {self.path} returned {max(position - offset, 0)} bytes, wanted {end - offset}"
+                raise ArkerError("internal", message, status)
+            return end - offset
 
-        return await self._transport.blob_get(self._url, consume, byte_range=(offset, end))
+        return await self._get(consume, (offset, end))
 
     async def read_all(self) -> bytes:
         if self._content is not None:
             return self._content
 
-        async def consume(status: int, chunks: AsyncIterator[bytes]) -> bytes:
+        async def consume(status: int, chunks: AsyncIterator[bytes], headers: Mapping[str, str]) -> bytes:
+            self._check_version(status, headers)
             return b"".join([chunk async for chunk in chunks])
 
-        return await self._transport.blob_get(self._url, consume)
+        return await self._get(consume)
+
+    async def _get(self, consume, byte_range: tuple[int, int] | None = None):
+        try:
+            return await self._transport.blob_get(self._url, consume, byte_range=byte_range)
+        except ArkerError as exc:
+            if exc.status == 412:  # the store no longer has the version this URL names
+                raise self._changed("the store refused the URL (412)", 412) from exc
+            raise
+
+    def _check_version(self, status: int, headers: Mapping[str, str]) -> None:
+        total = _total_size(status, headers)
+        if total is not None and total != self.size:
+            raise self._changed(f"the store sent a {total}-byte version, not {self.size}", status)
+        etag, modified = headers.get("etag"), headers.get("last-modified")
+        if self._etag is not None and etag != self._etag:
+            raise self._changed(f"ETag {etag} instead of {self._etag}", status)
+        if self._etag is None and self._modified is not None and modified != self._modified:
+            raise self._changed(f"Last-Modified {modified} instead of {self._modified}", status)
+        if not self._answered:
+            self._answered = True
+            self._etag = self._etag or etag
+            self._modified = modified
+
+    def _changed(self, why: str, status: int) -> ArkerError:
+        return ArkerError("object_changed", f"{self.path} changed while being read ({why}); read it again", status)
 
     async def download_to(self, target: str | os.PathLike | BinaryIO) -> int:
         """Write the whole file to a local path or a binary file object; returns the byte count.
@@ -171,8 +230,9 @@ class RemoteFile:
         start = await out.tell() if out.seekable() else None
         attempts = 0
 
-        async def consume(status: int, chunks: AsyncIterator[bytes]) -> int:
+        async def consume(status: int, chunks: AsyncIterator[bytes], headers: Mapping[str, str]) -> int:
             nonlocal attempts
+            self._check_version(status, headers)
             attempts += 1
             if attempts > 1:  # a retry after a dropped body: start over where we began
                 if start is None:
@@ -185,7 +245,20 @@ class RemoteFile:
                 written += len(chunk)
             return written
 
-        return await self._transport.blob_get(self._url, consume)
+        return await self._get(consume)
+
+
+_CONTENT_RANGE = re.compile(r"bytes \d+-\d+/(\d+)")
+
+
+def _total_size(status: int, headers: Mapping[str, str]) -> int | None:
+    """The size of the object an answer is from, when it says: the Content-Range total of a
+    206, the length of a whole (200) body that is not content-encoded."""
+    if status == 206:
+        match = _CONTENT_RANGE.fullmatch(headers.get("content-range", "").strip())
+        return int(match.group(1)) if match else None
+    length = headers.get("content-length", "")
+    return int(length) if status == 200 and length.isdigit() and "content-encoding" not in headers else None
 
 
 class _Source:
@@ -247,14 +320,15 @@ class Sync:
         return RemoteFile.from_wire(self._transport, path, r)
 
     async def read_file(self, path: str) -> bytes:
-        """The whole file. A 403 from the store (URL expired in between) re-reads once."""
+        """The whole file. A 403 from the store (URL expired in between) or a file replaced
+        between the read and the GET (``object_changed``) re-reads once."""
         remote = await self.open_read(path)
         try:
             return await remote.read_all()
         except ArkerError as exc:
-            if exc.status != 403:
+            if exc.status != 403 and exc.code != "object_changed":
                 raise
-            log.info("presigned GET of %s refused (403); requesting a fresh URL", path)
+            log.info("presigned GET of %s failed (%s); requesting a fresh URL", path, exc.code)
         return await (await self.open_read(path)).read_all()
 
     async def write_file(self, path: str, data: WriteData) -> None:

@@ -289,11 +289,11 @@ class Transport:
     async def blob_get(
         self,
         url: str,
-        consume: Callable[[int, AsyncIterator[bytes]], Awaitable[T]],
+        consume: Callable[[int, AsyncIterator[bytes], httpx.Headers], Awaitable[T]],
         *,
         byte_range: tuple[int, int] | None = None,
     ) -> T:
-        """Unauthenticated GET of a presigned URL; ``consume(status, chunks)`` reads the body.
+        """Unauthenticated GET of a presigned URL; ``consume(status, chunks, headers)`` reads the body.
 
         ``byte_range`` is ``(start, end)``, end exclusive. ``consume`` runs once per attempt
         (a dropped connection mid-body is retried), so it must start over when called again.
@@ -311,7 +311,7 @@ class Transport:
                     if not 200 <= status < 300:
                         error = ArkerError("internal", f"signed GET failed: {status}", status)
                         raise _Failure(error, status in TRANSIENT_STATUSES, False, _header_hint(response))
-                    result = await consume(status, response.aiter_bytes())
+                    result = await consume(status, response.aiter_bytes(), response.headers)
                     ok, received = True, response.num_bytes_downloaded
                     return result
             except httpx.RequestError as exc:

@@ -28,8 +28,13 @@ MEMORY_LIMIT = 4 * 1024 * 1024
 class WriteBuffer:
     """A growable byte buffer with a dirty flag (set by changes, cleared by a good upload)."""
 
-    def __init__(self, spool_dir: str) -> None:
+    def __init__(self, spool_dir: str, *, memory_limit: int | None = None, anonymous: bool = False) -> None:
+        """``memory_limit``: bytes kept in memory before moving to a spool file (default
+        ``MEMORY_LIMIT``). ``anonymous``: that file has no name (nothing left behind by a crash;
+        ``source`` cannot name it)."""
         self._spool_dir = spool_dir
+        self._memory_limit = MEMORY_LIMIT if memory_limit is None else memory_limit
+        self._anonymous = anonymous
         self._mem: bytearray | None = bytearray()
         self._file = None  # NamedTemporaryFile once spilled
         self.size = 0
@@ -55,7 +60,7 @@ class WriteBuffer:
         """Write at ``offset``; a gap past the end reads back as zeros (sparse extension)."""
         end = offset + len(data)
         self._check_broken()
-        if self._mem is not None and end > MEMORY_LIMIT:
+        if self._mem is not None and end > self._memory_limit:
             self._spill()
         if self._mem is not None:
             if offset > len(self._mem):
@@ -78,7 +83,7 @@ class WriteBuffer:
             self.close()
             self._mem, self.broken = bytearray(), None
         self._check_broken()
-        if self._mem is not None and size > MEMORY_LIMIT:
+        if self._mem is not None and size > self._memory_limit:
             self._spill()
         if self._mem is not None:
             if size < len(self._mem):
@@ -123,9 +128,12 @@ class WriteBuffer:
 
     def _spill(self) -> None:
         try:
-            spool = tempfile.NamedTemporaryFile(dir=self._spool_dir, prefix="write-", delete=True)
-            # held until closed (or the daemon dies): a leftover scan leaves locked files alone
-            fcntl.flock(spool.fileno(), fcntl.LOCK_SH)
+            if self._anonymous:
+                spool = tempfile.TemporaryFile(dir=self._spool_dir, prefix="content-")
+            else:
+                spool = tempfile.NamedTemporaryFile(dir=self._spool_dir, prefix="write-", delete=True)
+                # held until closed (or the daemon dies): a leftover scan leaves locked files alone
+                fcntl.flock(spool.fileno(), fcntl.LOCK_SH)
         except OSError as exc:
             raise self._break(exc) from None
         try:

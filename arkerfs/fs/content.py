@@ -2,15 +2,21 @@
 
 One ``FileContent`` is one version of one remote file, keyed by ``(path, size, mtime_ns)``:
 
-- ``WholeContent``: the sync read returned the bytes inline. They are kept in memory, or in an
-  anonymous file in the private spool directory when large.
+- ``WholeContent``: the sync read returned the bytes inline. They are kept in memory when
+  small (``MEMORY_LIMIT``, and while the cache's in-memory total stays under ``MEMORY_BUDGET``),
+  else in an anonymous file in the private spool directory.
 - ``RangedContent``: the sync read returned a presigned URL. Nothing is downloaded up front;
-  ``read`` fetches the aligned chunks it needs (``CHUNK`` bytes each) and keeps them. One ranged
-  GET fetches a run of missing chunks: a read that lands on the chunk right after the previous
-  fetch is sequential and doubles the run (1, 2, 4, 8, 16 chunks: ``cat`` of 20 MB is 5 GETs),
-  any other read starts again at one chunk (random access stays cheap), and a read spanning
-  several chunks fetches them together. An expired URL is renewed with another ``open_read``;
-  if the file changed meanwhile the read fails with ``ESTALE`` rather than mixing versions.
+  ``read`` fetches the aligned chunks it needs (``CHUNK`` bytes each) and keeps them, streamed
+  straight into an anonymous spool file (never gathered in memory: the daemon's size does not
+  grow with the files it reads). One ranged GET fetches a run of missing chunks: a read that
+  lands on the chunk right after the previous fetch is sequential and doubles the run (1, 2, 4,
+  8, 16 chunks: ``cat`` of 20 MB is 5 GETs), any other read starts again at one chunk (random
+  access stays cheap), and a read spanning several chunks fetches them together.
+
+One version per handle: every ranged answer is checked to be of the version first read (the
+SDK's ``object_changed``), and an expired URL is renewed with another ``open_read`` that must
+continue that same version. Otherwise the read fails with ``ESTALE`` rather than mixing
+versions; chunks already held stay readable, and the version leaves the cache.
 
 ``ContentCache`` bounds the bytes kept (LRU). An evicted version stays usable by handles that
 already hold it; it is freed when the last of them lets go.
@@ -23,8 +29,7 @@ a chunk twice (a reader waits for the GET that covers its chunk and shares its e
 from __future__ import annotations
 
 import errno
-import os
-import tempfile
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,12 +37,16 @@ import cachetools
 import trio
 
 from arkerfs.client.errors import ArkerError
+from arkerfs.fs.buffers import WriteBuffer
 from arkerfs.fs.cache import SingleFlight
 from arkerfs.fs.errors import FsError, errno_for_api_error
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024  # ranged reads fetch aligned chunks of this size
 READAHEAD_MAX = 16  # chunks one ranged GET may fetch (a sequential reader's run grows up to it)
 MEMORY_LIMIT = 1024 * 1024  # whole contents above this go to a spool file
+MEMORY_BUDGET = 32 * 1024 * 1024  # whole contents kept in memory by the cache, in total
 
 ContentKey = tuple[bytes, int, int]  # (path, size, mtime_ns)
 Opener = Callable[[bytes], Awaitable[Any]]  # path -> RemoteFile (RemoteFS.open_read)
@@ -45,6 +54,7 @@ Opener = Callable[[bytes], Awaitable[Any]]  # path -> RemoteFile (RemoteFS.open_
 
 class FileContent:
     size: int
+    in_memory: int = 0  # of the bytes held, those in memory (the rest are in the spool)
 
     @property
     def charge(self) -> int:
@@ -58,60 +68,58 @@ class FileContent:
 class WholeContent(FileContent):
     """All bytes of a version, in memory or in an anonymous spool file."""
 
-    def __init__(self, data: bytes, spool_dir: str) -> None:
+    def __init__(self, data: bytes, spool_dir: str, *, in_memory: bool | None = None) -> None:
         self.size = len(data)
-        self._data: bytes | None = None
-        self._file = None
-        if self.size <= MEMORY_LIMIT:
-            self._data = data
-        else:
-            self._file = tempfile.TemporaryFile(dir=spool_dir, prefix="content-")
-            self._file.write(data)
-            self._file.flush()
+        if in_memory is None:
+            in_memory = self.size <= MEMORY_LIMIT
+        self._bytes = WriteBuffer(spool_dir, memory_limit=self.size if in_memory else 0, anonymous=True)
+        self._bytes.write(0, data)
+        self.in_memory = 0 if self._bytes.spilled else self.size
 
     @property
     def charge(self) -> int:
         return self.size
 
     async def read(self, offset: int, length: int) -> bytes:
-        if self._data is not None:
-            return self._data[offset:offset + length]
-        return os.pread(self._file.fileno(), min(length, max(self.size - offset, 0)), offset)
+        return self._bytes.read(offset, length)
 
 
 class RangedContent(FileContent):
-    """A presigned version read on demand by aligned chunks."""
+    """A presigned version read on demand by aligned chunks, kept in a spool file."""
 
-    def __init__(self, path: bytes, remote_file: Any, opener: Opener) -> None:
+    def __init__(self, path: bytes, remote_file: Any, opener: Opener, spool_dir: str) -> None:
         self.path = path
         self.size = remote_file.size
         self._file = remote_file
         self._opener = opener
-        self._chunks: dict[int, bytes] = {}
+        self._chunks = WriteBuffer(spool_dir, memory_limit=0, anonymous=True)  # at their offsets
+        self._held: set[int] = set()  # indexes of the chunks in ``_chunks``
         self._fetching: dict[int, _Fetch] = {}  # chunk index -> the GET bringing it
         self._next = 0  # the chunk right after the last fetched run: reading it is sequential
         self._run = 0  # chunks in the last sequential run
+        self._uncached = False  # the spool failed (disk full): reads go straight to the store
 
     @property
     def charge(self) -> int:
-        return sum(len(c) for c in self._chunks.values())
+        return min(len(self._held) * CHUNK, self.size)
 
     async def read(self, offset: int, length: int) -> bytes:
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
         first, last = offset // CHUNK, (end - 1) // CHUNK
-        parts = [await self._chunk(i, last) for i in range(first, last + 1)]
-        data = b"".join(parts)
-        start = offset - first * CHUNK
-        return data[start:start + (end - offset)]
+        for i in range(first, last + 1):
+            await self._chunk(i, last)
+        if self._uncached and not all(i in self._held for i in range(first, last + 1)):
+            try:
+                return await (await self._url()).read_range(offset, end - offset)
+            except ArkerError as exc:
+                raise _read_error(self.path, exc) from exc
+        return self._chunks.read(offset, end - offset)
 
-    async def _chunk(self, index: int, last: int) -> bytes:
-        """Chunk ``index`` of a read that needs chunks up to ``last``."""
-        while True:
-            chunk = self._chunks.get(index)
-            if chunk is not None:
-                return chunk
+    async def _chunk(self, index: int, last: int) -> None:
+        """Wait until chunk ``index`` (of a read that needs chunks up to ``last``) is held."""
+        while index not in self._held and not self._uncached:
             fetch = self._fetching.get(index)
             if fetch is None:
                 await self._fetch(index, last)
@@ -127,24 +135,25 @@ class RangedContent(FileContent):
         run = min(max(self._run * 2, 1), READAHEAD_MAX) if index == self._next else 1
         count = max(run, min(last - index + 1, READAHEAD_MAX))
         stop, limit = index, min(index + count, (self.size + CHUNK - 1) // CHUNK)
-        while stop < limit and stop not in self._chunks and stop not in self._fetching:
+        while stop < limit and stop not in self._held and stop not in self._fetching:
             stop += 1
         self._next, self._run = stop, run
         fetch = _Fetch()
         for i in range(index, stop):
             self._fetching[i] = fetch
         try:
-            if self._file.expired:
-                fresh = await self._opener(self.path)
-                if fresh.size != self.size:
-                    raise FsError(errno.ESTALE, f"{self.path!r} changed while being read")
-                self._file = fresh
-            try:
-                data = await self._file.read_range(index * CHUNK, (stop - index) * CHUNK)
+            remote = await self._url()
+            try:  # each piece goes to the spool as it arrives
+                await remote.read_range_into(index * CHUNK, (stop - index) * CHUNK, self._chunks.write)
             except ArkerError as exc:  # RemoteFile is the SDK's: map its errors here
-                raise FsError(errno_for_api_error(exc), f"ranged read of {self.path!r}: {exc}") from exc
-            for i in range(index, stop):
-                self._chunks[i] = data[(i - index) * CHUNK:(i - index + 1) * CHUNK]
+                raise _read_error(self.path, exc) from exc
+            except FsError:
+                if self._chunks.broken is None:
+                    raise
+                log.warning("local spool failed while caching %r; reading it without a cache", self.path)
+                self._uncached = True
+                return
+            self._held.update(range(index, stop))
         except Exception as exc:
             fetch.error = exc
             raise
@@ -152,6 +161,23 @@ class RangedContent(FileContent):
             for i in range(index, stop):
                 del self._fetching[i]
             fetch.done.set()
+
+    async def _url(self) -> Any:
+        """The RemoteFile to read from, renewed (same version, or ESTALE) once expired."""
+        if self._file.expired:
+            fresh = await self._opener(self.path)
+            try:
+                fresh.continues(self._file)
+            except ArkerError as exc:
+                raise _read_error(self.path, exc) from exc
+            self._file = fresh
+        return self._file
+
+
+def _read_error(path: bytes, exc: ArkerError) -> FsError:
+    if exc.code == "object_changed":  # reading on would mix two versions
+        return FsError(errno.ESTALE, f"{path!r} changed while being read: {exc.message}")
+    return FsError(errno_for_api_error(exc), f"ranged read of {path!r}: {exc}")
 
 
 class _Fetch:
@@ -186,7 +212,12 @@ class ContentCache:
         return content
 
     async def read(self, key: ContentKey, content: FileContent, offset: int, length: int) -> bytes:
-        data = await content.read(offset, length)
+        try:
+            data = await content.read(offset, length)
+        except FsError as exc:
+            if exc.errno == errno.ESTALE and self._lru.get(key) is content:
+                del self._lru[key]  # that version is gone: the next open reads the file again
+            raise
         if isinstance(content, RangedContent) and self._lru.get(key) is content:
             self._store(key, content)  # its charge grew: re-insert so the bound stays true
         return data
@@ -197,20 +228,26 @@ class ContentCache:
 
     def put(self, key: ContentKey, data: bytes) -> None:
         """Seed a version we know exactly (what we just uploaded)."""
-        self._store(key, WholeContent(data, self._spool_dir))
+        self._store(key, self._whole(data))
 
     async def _open(self, key: ContentKey) -> FileContent:
         path = key[0]
         remote_file = await self._opener(path)
         if remote_file.inline:
-            content: FileContent = WholeContent(await remote_file.read_all(), self._spool_dir)  # no I/O: inline
+            content: FileContent = self._whole(await remote_file.read_all())  # no I/O: inline
         else:
-            content = RangedContent(path, remote_file, self._opener)
+            content = RangedContent(path, remote_file, self._opener, self._spool_dir)
         if content.size == key[1]:
             self._store(key, content)
         # else: the file changed since its attrs were cached; serve it but don't file it
         # under a key that does not describe it.
         return content
+
+    def _whole(self, data: bytes) -> WholeContent:
+        """In memory only while small and while the cached ones in memory stay in budget."""
+        in_memory = sum(c.in_memory for c in self._lru.values())
+        return WholeContent(data, self._spool_dir,
+                            in_memory=len(data) <= MEMORY_LIMIT and in_memory + len(data) <= MEMORY_BUDGET)
 
     def _store(self, key: ContentKey, content: FileContent) -> None:
         if content.charge <= self._max_bytes:

@@ -115,10 +115,11 @@ class Gate:
                         return
                     message = {"type": "http.response.body", "body": payload, "more_body": False}
             if (message["type"] == "http.response.start" and message["status"] >= 400 and not body_done
-                    and scope["method"] in ("POST", "PUT")):
+                    and scope["method"] in ("POST", "PUT") and (b"connection", b"close") not in message["headers"]):
                 # An error before the body was read (route miss, fault, early refusal): read it
                 # now, or the HTTP layer drops a connection the client may already be reusing.
-                # (Never for GET: a streamed answer has its own task listening for disconnect.)
+                # (Never for GET: a streamed answer has its own task listening for disconnect;
+                # nor when the handler closes the connection to stop an oversized body.)
                 # The client may still be sending (httpx writes the whole body before reading):
                 # unread, the body would stall it until its write timeout.
                 if _declared_length(scope) > DRAIN_LIMIT or not await _discard_body(receive, DRAIN_LIMIT):

@@ -64,14 +64,17 @@ async def _read(request: Request, state: ServerState, body: dict) -> JSONRespons
     except confine.ConfineError as exc:
         raise ApiError(exc.code, exc.message) from None
     limit = state.config.max_file_bytes
-    if size > limit or size > state.config.inline_read_limit:
+    if size > limit:
         os.close(fd)
-        if size > limit:
-            raise ApiError("payload_too_large", f"file is {size} bytes; the limit is {limit}")
+        raise ApiError("payload_too_large", f"file is {size} bytes; the limit is {limit}")
+    if size > state.config.inline_read_limit:
         ttl = state.config.presign_ttl
-        grant = Grant(vm_id=request.path_params["vm_id"], path=path, op="GET", expires_at=time.time() + ttl)
+        vm_id, expires_at = request.path_params["vm_id"], time.time() + ttl
+        version = state.snapshots.hold(vm_id, fd, expires_at)  # the URL serves this version
+        grant = Grant(vm_id=vm_id, path=path, op="GET", expires_at=expires_at,
+                      size=version.size, ino=version.ino, mtime_ns=version.mtime_ns)
         return JSONResponse({
-            "ok": True, "op": "read", "path": path, "size": size,
+            "ok": True, "op": "read", "path": path, "size": version.size,
             "presigned_url": blob_url(request, state.signer.issue(grant)),
             "expires_in": round(ttl), "method": "GET",
         })

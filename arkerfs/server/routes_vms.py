@@ -75,6 +75,7 @@ async def delete_vm(request: Request) -> JSONResponse:
     await state.store.delete(vm_id)
     state.runner.forget_vm(vm_id)
     state.uploads.forget_vm(vm_id)
+    state.snapshots.forget_vm(vm_id)
     return JSONResponse({"ok": True, "deleted": True})
 
 

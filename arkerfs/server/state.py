@@ -9,6 +9,7 @@ from starlette.requests import Request
 from arkerfs.server.config import ServerConfig
 from arkerfs.server.faults import Faults, Stats
 from arkerfs.server.runner import Runner
+from arkerfs.server.snapshots import Snapshots
 from arkerfs.server.store import VmStore
 from arkerfs.server.tokens import Signer
 from arkerfs.server.uploads import Uploads
@@ -23,6 +24,7 @@ class ServerState:
     signer: Signer
     faults: Faults
     stats: Stats = field(default_factory=Stats)
+    snapshots: Snapshots = field(default_factory=Snapshots)
 
 
 # Scope key under which ``begin`` leaves an after-effect fault for ``app.Gate`` to answer.

@@ -1,7 +1,8 @@
 """HMAC-signed tokens for presigned blob URLs (``/_blob/{token}``).
 
 A token names exactly one object and one operation: VM id, VM path, ``GET`` or ``PUT``,
-upload id (PUT only), declared size (PUT only) and an absolute expiry. It is
+upload id (PUT only), declared size (PUT: the most the body may hold; GET: with inode and
+mtime_ns, the version the URL serves, see snapshots.py) and an absolute expiry. It is
 ``base64url(json payload) "." base64url(HMAC-SHA256(secret, payload))``. The secret lives in
 ``<data-dir>/blob-secret`` (0600) so URLs stay valid across a restart of the same data dir.
 """
@@ -35,6 +36,8 @@ class Grant:
     expires_at: float
     upload_id: str = ""
     size: int = 0
+    ino: int = 0  # GET only, with size and mtime_ns: the version served
+    mtime_ns: int = 0
 
 
 def _b64(raw: bytes) -> str:
@@ -74,6 +77,8 @@ class Signer:
         body = {"v": grant.vm_id, "p": grant.path, "o": grant.op, "e": round(grant.expires_at, 3)}
         if grant.op == "PUT":
             body |= {"u": grant.upload_id, "s": grant.size}
+        else:
+            body |= {"s": grant.size, "i": grant.ino, "m": grant.mtime_ns}
         payload = _b64(json.dumps(body, separators=(",", ":")).encode("utf-8"))
         return f"{payload}.{_b64(self._mac(payload))}"
 
@@ -94,7 +99,7 @@ class Signer:
             raise TokenError("bad signature")
         grant = Grant(
             vm_id=body["v"], path=body["p"], op=body["o"], expires_at=body["e"],
-            upload_id=body.get("u", ""), size=body.get("s", 0),
+            upload_id=body.get("u", ""), size=body.get("s", 0), ino=body.get("i", 0), mtime_ns=body.get("m", 0),
         )
         if grant.op != op:
             raise TokenError(f"token is for {grant.op}, not {op}")

@@ -148,7 +148,7 @@ class Uploads:
             async with await trio.open_file(partial, "wb") as out:
                 async for chunk in body:
                     total += len(chunk)
-                    if total > limit:
+                    if total > limit:  # stop here: the rest is neither read nor stored
                         raise EntryError("payload_too_large", f"upload body exceeds {limit} bytes")
                     await out.write(chunk)
             async with up.lock:
