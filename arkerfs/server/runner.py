@@ -1,8 +1,8 @@
 """Run commands in a VM: ``bash -c`` under bubblewrap, with emulated persistent sessions.
 
-Every run is a fresh sandbox (PROTOCOL.md 9; what it sees: ``sandbox``): no capabilities, the
-VM's home at ``/home/user``, a private ``/tmp``, the system's programs read-only, and nothing
-else of the host. Because the sandbox has its own PID namespace, everything a command started dies with it:
+Every run is a fresh sandbox (PROTOCOL.md 9; the layout is in sandbox.py): an allow-list of
+read-only system directories, the VM's home at ``/home/user``, a private ``/tmp``, new user,
+network and PID namespaces and no capabilities. Because the sandbox has its own PID namespace, everything a command started dies with it:
 when the command ends, or when a timeout SIGKILLs bwrap's process group.
 
 A real VM keeps one shell per session. Here a session is just ``{cwd, exported env}``: the
@@ -27,15 +27,15 @@ from pathlib import Path
 import trio
 
 from arkerfs.protocol import HOME
-from arkerfs.server import sandbox
 from arkerfs.server.errors import ApiError
+from arkerfs.server.sandbox import SANDBOX_USER, Sandbox
 
 OUTPUT_CAP = 8 * 1024 * 1024
 STATE_CAP = 1024 * 1024
 STATE_FD = 201  # the wrapper's copy of the state file; high so user scripts rarely collide
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BASE_ENV = {
-    "HOME": HOME, "PATH": PATH, "SHELL": "/bin/bash", "USER": "root", "LOGNAME": "root",
+    "HOME": HOME, "PATH": PATH, "SHELL": "/bin/bash", "USER": SANDBOX_USER, "LOGNAME": SANDBOX_USER,
     "LANG": "C.UTF-8", "TERM": "dumb",
 }
 # Set by bash itself on every start; carrying them over would make them drift (SHLVL grows).
@@ -130,11 +130,8 @@ async def _drain(stream: trio.abc.ReceiveStream, out: Output) -> None:
 class Runner:
     """Runs commands for every VM; owns the sessions and their busy flags."""
 
-    def __init__(self, bwrap: str, hidden: list[str], work_dir: Path, ceiling: float) -> None:
-        """``hidden``: private paths inside the trees a sandbox shows (see ``sandbox``)."""
-        self._bwrap = bwrap
-        self._hidden = hidden
-        self._etc = sandbox.synthesized_etc(work_dir)
+    def __init__(self, sandbox: Sandbox, work_dir: Path, ceiling: float) -> None:
+        self._sandbox = sandbox
         self._work = work_dir
         self._ceiling = ceiling
         self._sessions: dict[tuple[str, str], Session] = {}
@@ -156,9 +153,6 @@ class Runner:
         for ident in [i for i in self._sessions if i[0] == vm_id]:
             del self._sessions[ident]
 
-    def _argv(self, home: str, script: str) -> list[str]:
-        return sandbox.argv(self._bwrap, home, self._etc, self._hidden, ["/bin/bash", "-c", script])
-
     async def run(self, home: str, session: Session, command: str, timeout: float | None) -> RunResult:
         """Run ``command`` in ``session``; returns even on timeout (exit -1, timed_out)."""
         limit = min(timeout, self._ceiling) if timeout else self._ceiling
@@ -166,7 +160,7 @@ class Runner:
         started = time.monotonic()
         with tempfile.TemporaryFile(dir=self._work) as state:
             proc = await trio.lowlevel.open_process(
-                self._argv(home, _wrapper(state.fileno(), session.cwd, command)),
+                self._sandbox.argv(home, ["/bin/bash", "-c", _wrapper(state.fileno(), session.cwd, command)]),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env=session.env, cwd="/", start_new_session=True,
                 pass_fds=(state.fileno(),),

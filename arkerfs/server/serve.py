@@ -11,7 +11,6 @@ import fcntl
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -23,8 +22,8 @@ from hypercorn.trio import serve as hypercorn_serve
 from arkerfs.server.app import create_app
 from arkerfs.server.config import ServerConfig, StartupError
 from arkerfs.server.faults import Faults
-from arkerfs.server import sandbox
 from arkerfs.server.runner import Runner
+from arkerfs.server.sandbox import Sandbox
 from arkerfs.server.state import ServerState
 from arkerfs.server.store import VmStore
 from arkerfs.server.tokens import Signer, load_secret
@@ -41,14 +40,13 @@ def _tool(name: str, why: str) -> str:
     return path
 
 
-async def _probe_bwrap(bwrap: str) -> None:
-    """Refuse to start where bubblewrap cannot build the sandbox runs need (e.g. no user namespaces)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        probe = sandbox.argv(bwrap, scratch, sandbox.synthesized_etc(Path(scratch)), [], ["/bin/true"])
-        result = await trio.run_process(probe, capture_stderr=True, check=False)
-    if result.returncode != 0:
-        detail = result.stderr.decode(errors="replace").strip().splitlines()
-        raise StartupError(f"bubblewrap cannot create a sandbox on this host: {detail[-1] if detail else result.returncode}")
+async def _check_sandbox(sandbox: Sandbox) -> None:
+    """Refuse to start where bubblewrap cannot build the sandbox runs need (e.g. no namespaces)."""
+    error = await sandbox.choose_namespaces()
+    if error is not None:
+        raise StartupError(f"bubblewrap cannot create a sandbox on this host: {error}")
+    if "--unshare-user" not in sandbox.namespace_flags:
+        log.warning("bubblewrap cannot create a user namespace here: runs keep the server's uid, without capabilities")
 
 
 def _lock_data_dir(data_dir: Path) -> int:
@@ -72,20 +70,14 @@ def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
     return hc
 
 
-def build_state(config: ServerConfig, data_dir: Path, bwrap: str, cp: str) -> ServerState:
+def build_state(config: ServerConfig, data_dir: Path, sandbox: Sandbox, cp: str) -> ServerState:
     """Open (or create) everything under ``data_dir``; blocking, done once at start."""
     staging = data_dir / "staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     store = VmStore(data_dir, cp)
     store.load()
-    private = [data_dir, *(p.resolve() for p in config.hidden_files)]
-    runner = Runner(
-        bwrap,
-        hidden=[str(p) for p in private if sandbox.inside_allowed_trees(p)],
-        work_dir=staging,
-        ceiling=config.run_timeout_ceiling,
-    )
+    runner = Runner(sandbox, work_dir=staging, ceiling=config.run_timeout_ceiling)
     return ServerState(
         config=config, store=store, runner=runner,
         uploads=Uploads(staging, ttl=config.presign_ttl),
@@ -111,12 +103,15 @@ async def serve(
     """Serve until ``shutdown_trigger`` returns or the task is cancelled; reports the base URL."""
     bwrap = _tool("bwrap", "arkerfs serve runs VM commands under bubblewrap (apt-get install bubblewrap)")
     cp = _tool("cp", "forks copy VM homes with cp")
-    await _probe_bwrap(bwrap)
     data_dir = config.data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = _lock_data_dir(data_dir)
     try:
-        state = await trio.to_thread.run_sync(build_state, config, data_dir, bwrap, cp)
+        # Runs never see the data dir or key files anyway (allow-list); hiding them too guards
+        # against one that sits inside an allowed system dir.
+        sandbox = Sandbox(bwrap, etc_dir=data_dir / "sandbox-etc", hidden=[data_dir, *config.hidden_files])
+        await _check_sandbox(sandbox)
+        state = await trio.to_thread.run_sync(build_state, config, data_dir, sandbox, cp)
         app = create_app(state)
         async with trio.open_nursery() as nursery:
 
