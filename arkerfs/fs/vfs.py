@@ -122,7 +122,7 @@ class VFS:
         uid, gid = self._chown_allowed(uid, gid)
         file = self._files.get(ino)
         if size is not None:
-            check_size(size)
+            check_size(size, file)
             if file is not None and file.buffer is not None:
                 await self._truncate_buffer(ino, file, size, push=fh is None)
                 size = None
@@ -251,12 +251,8 @@ class VFS:
         self.cache.dir_changed(self.inodes.path(parent))
         self.content.forget(path)
         ino = self.inodes.unlink(parent, name)
-        if ino is not None and ino in self.inodes:
-            node = self.inodes.get(ino)
-            if node.last_attrs is not None:
-                node.last_attrs = replace(node.last_attrs, nlink=max(node.last_attrs.nlink - 1, 0))
-            if not node.unlinked:  # other hard links remain: their nlink changed
-                self.cache.invalidate(self.inodes.path(ino))
+        if ino is not None:
+            self._lost_a_link(ino)
 
     async def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
                      flags: int) -> None:
@@ -274,7 +270,8 @@ class VFS:
                 await self.remote.rename(old, new, flags)
         else:
             await self.remote.rename(old, new, flags)
-        if moved is not None and moved == self.inodes.child(new_parent, new_name):
+        replaced_ino = self.inodes.child(new_parent, new_name)
+        if moved is not None and moved == replaced_ino:
             return  # two names of one file: rename(2) does nothing and both names stay
         self.content.forget(old)
         self.content.forget(new)
@@ -291,6 +288,8 @@ class VFS:
         else:
             self.cache.renamed(old, new)
             self.inodes.rename(old_parent, old_name, new_parent, new_name)
+            if replaced_ino is not None:
+                self._lost_a_link(replaced_ino)
 
     def forget(self, ino: int, n: int) -> None:
         self.inodes.forget(ino, n)
@@ -371,10 +370,12 @@ class VFS:
         handle = self._handles[fh]
         file = handle.file
         async with file.lock:
+            if not handle.append:  # refused before fetching old bytes it would not use
+                check_size(offset + len(data), file)
             await self._ensure_loaded(handle)
             if handle.append:
                 offset = file.buffer.size
-            check_size(offset + len(data))
+            check_size(offset + len(data), file)
             file.pending_times = None  # a later write stamps its own mtime
             return file.buffer.write(offset, data)
 
@@ -402,6 +403,8 @@ class VFS:
     async def push_all(self) -> None:
         """Push every dirty buffer now (before an unmount); failures stay dirty and are logged."""
         for ino, file in list(self._files.items()):
+            if file.buffer is not None and file.buffer.refused is not None:
+                continue  # its writer got EFBIG; the content goes with its last handle
             try:
                 await self._push(ino, file)
             except FsError as exc:
@@ -411,6 +414,10 @@ class VFS:
         """At unmount: push every dirty buffer; rescue what cannot be pushed. Returns all
         rescue files of this mount."""
         for ino, file in list(self._files.items()):
+            if file.buffer is not None and file.buffer.refused is not None:
+                async with file.lock:
+                    self._drop_file(ino, file)  # refused content: discarded, never rescued
+                continue
             if not file.dirty:
                 continue
             try:
@@ -641,6 +648,9 @@ class VFS:
         the remote's FsError; what was not done stays pending for a retry."""
         async with file.lock:
             buffer = file.buffer
+            if buffer is not None and buffer.refused is not None:  # a change past the cap: never publish
+                raise FsError(buffer.refused, "a write or truncate of this file went past the size limit; "
+                                              "nothing was uploaded")
             if buffer is None or file.needs_load or not file.dirty:
                 return
             node = self.inodes.get(ino)
@@ -683,6 +693,20 @@ class VFS:
             self._cache_all_names(ino, path, attrs)
             self.inodes.set_attrs(ino, attrs)
 
+    def _lost_a_link(self, ino: int) -> None:
+        """``ino`` just lost a name (unlink, or a rename over it). Names it keeps (other hard
+        links) show a changed nlink and ctime: they are re-read from the VM at their next stat."""
+        if ino not in self.inodes:
+            return
+        node = self.inodes.get(ino)
+        if node.last_attrs is not None:
+            node.last_attrs = replace(node.last_attrs, nlink=max(node.last_attrs.nlink - 1, 0))
+        for parent, name in node.links:
+            try:
+                self.cache.invalidate(self.inodes.child_path(parent, name))
+            except FsError:  # a directory above that name is gone
+                pass
+
     def _cache_all_names(self, ino: int, path: bytes, attrs: Attrs) -> None:
         """``path`` (and every other known name of a hard-linked ``ino``) now has ``attrs``."""
         self.cache.added(path, attrs)
@@ -701,7 +725,10 @@ class VFS:
         node = self.inodes.get(ino) if ino in self.inodes else None
         if file.buffer.dirty and node is not None and not node.unlinked:
             path = self.inodes.path(ino)
-            if file.buffer.broken is not None:  # its writer got the errno; the content is incomplete
+            if file.buffer.refused is not None:  # its writer got EFBIG: the VM keeps the old file
+                log.info("discarded the new content of %s (a change went past the size limit)",
+                         path.decode("utf-8", "replace"))
+            elif file.buffer.broken is not None:  # its writer got the errno; the content is incomplete
                 log.warning("dropped the incomplete new content of %s (a write failed in the local spool: %s)",
                             path.decode("utf-8", "replace"), os.strerror(file.buffer.broken))
             else:
