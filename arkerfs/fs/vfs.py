@@ -49,6 +49,7 @@ from arkerfs.fs.errors import FsError
 from arkerfs.fs.files import Handle, OpenFile, check_size
 from arkerfs.fs.inodes import InodeTable
 from arkerfs.fs.model import Attrs, Entry, StatFs
+from arkerfs.fs.symlinks import transform
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class Options:
     read_only: bool = False
     owner: tuple[int, int] | None = None  # (uid, gid) to show instead of the remote owner
     content_cache_bytes: int = 256 * 1024 * 1024
+    # a link's absolute target inside the home reads as a path relative to the link (symlinks.py)
+    transform_symlinks: bool = False
 
 
 @dataclass(eq=False)
@@ -151,8 +154,13 @@ class VFS:
         path = self.inodes.path(ino)
         attrs = self.cache.attrs(path)
         if attrs is not None and attrs.symlink_target is not None:
-            return attrs.symlink_target
-        return await self.remote.readlink(path)
+            return self._shown_target(path, attrs.symlink_target)
+        return self._shown_target(path, await self.remote.readlink(path))
+
+    def _shown_target(self, path: bytes, target: bytes) -> bytes:
+        if not self.options.transform_symlinks:
+            return target
+        return transform(target, path, self.inodes.root_path)
 
     async def statfs(self) -> StatFs:
         hit = self.cache.statfs()
@@ -488,6 +496,11 @@ class VFS:
         owner = self.options.owner
         if owner is not None:
             attrs = replace(attrs, uid=owner[0], gid=owner[1])
+        if self.options.transform_symlinks and attrs.symlink_target is not None:
+            try:  # a link's size is the length of what readlink returns
+                attrs = replace(attrs, size=len(self._shown_target(self.inodes.path(ino), attrs.symlink_target)))
+            except FsError:  # unlinked: nothing reads it by name any more
+                pass
         return attrs
 
     def _new_entry(self, parent: int, name: bytes, attrs: Attrs) -> tuple[int, Attrs]:
