@@ -15,11 +15,12 @@ from tests.mountutil import mounted
 PLANT = ("cd /home/user && echo vmdata > x && mkdir -p d/e && echo deep > d/e/f"
          " && ln -s /home/user/x hx && ln -s /home/user/x d/hx && ln -s /home/user/d/e/f d/e/hf"
          " && ln -s /home/user/d/e/f d/hf && ln -s /home/user home && ln -s /home/user//d/./ d/e/up"
-         " && ln -s /etc/passwd pw && ln -s /home/username/x other && ln -s x rel")
+         " && ln -s /etc/passwd pw && ln -s /home/username/x other && ln -s x rel"
+         " && ln -s /home/user/../../etc/passwd esc")
 
 RAW = {"hx": "/home/user/x", "d/hx": "/home/user/x", "d/e/hf": "/home/user/d/e/f", "d/hf": "/home/user/d/e/f",
        "home": "/home/user", "d/e/up": "/home/user//d/./", "pw": "/etc/passwd",
-       "other": "/home/username/x", "rel": "x"}
+       "other": "/home/username/x", "rel": "x", "esc": "/home/user/../../etc/passwd"}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,8 @@ def test_links_into_the_home_read_as_links_into_the_mount(server, api, planted):
     with mounted(server, vm_id=planted) as m:
         shown = {name: os.readlink(m.p(name)) for name in RAW}
         assert shown == {"hx": "x", "d/hx": "../x", "d/e/hf": "f", "d/hf": "e/f", "home": ".",
-                         "d/e/up": "../", "pw": "/etc/passwd", "other": "/home/username/x", "rel": "x"}
+                         "d/e/up": "../", "pw": "/etc/passwd", "other": "/home/username/x", "rel": "x",
+                         "esc": "/home/user/../../etc/passwd"}  # climbs out of the home: as it is
         for name, target in shown.items():  # a link's size is the length of what readlink returns
             assert os.lstat(m.p(name)).st_size == len(target.encode()), name
         # following them stays in the mount: cat reads the VM's file
