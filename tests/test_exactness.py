@@ -79,9 +79,11 @@ def test_a_truncate_past_the_cap_makes_close_fail_and_publishes_nothing(m, api):
         os.write(fd, b"new")
         assert errno_of(os.ftruncate, fd, LIMIT + 1) == errno.EFBIG
         os.write(fd, b" more")  # the handle keeps working...
+        os.fchmod(fd, 0o600)  # metadata changes still reach the VM
         assert errno_of(os.fsync, fd) == errno.EFBIG  # ...but its content is never uploaded
         assert errno_of(os.close, fd) == errno.EFBIG
     assert api.read_file(m.vm_id, "/home/user/f") == OLD
+    assert api.sh(m.vm_id, "stat -c %a /home/user/f") == "600\n"
     assert read(m.p("f")) == OLD
     # truncate by path while a handle holds unsent writes
     with opened(m.p("f"), os.O_RDWR) as fd:

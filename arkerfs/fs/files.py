@@ -54,9 +54,10 @@ class OpenFile:
 
     @property
     def dirty(self) -> bool:
-        """Something still has to reach the remote."""
-        return self.buffer is not None and (self.buffer.dirty or self.pending_times is not None
-                                            or self.pending_mode is not None)
+        """Something still has to reach the remote (refused content never will: a chmod or
+        utimens then goes to the VM at once instead of waiting for an upload)."""
+        return self.buffer is not None and self.buffer.refused is None and (
+            self.buffer.dirty or self.pending_times is not None or self.pending_mode is not None)
 
     def overlay(self, attrs: Attrs) -> Attrs:
         """``attrs`` as a reader should see them with this file's pending writes."""

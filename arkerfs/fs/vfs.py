@@ -398,15 +398,21 @@ class VFS:
         if handle.file.buffer is not None:
             await self._push(handle.ino, handle.file)
 
-    async def release(self, fh: int) -> None:
+    async def release(self, fh: int) -> int | None:
+        """Close a handle. Returns the inode if what it shows changed (refused content was
+        discarded: the size and data the kernel may have cached are the buffer's, not the VM's)."""
         handle = self._handles.pop(fh)
         file = handle.file
         file.handles -= 1
+        stale = None
         if file.handles == 0:
             async with file.lock:
                 if self._files.get(handle.ino) is file and file.handles == 0:
+                    if file.buffer is not None and file.buffer.refused is not None:
+                        stale = handle.ino
                     self._drop_file(handle.ino, file)
         self.inodes.closed(handle.ino)
+        return stale
 
     async def push_all(self) -> None:
         """Push every dirty buffer now (before an unmount); failures stay dirty and are logged."""

@@ -256,7 +256,12 @@ class Operations(pyfuse3.Operations):
 
     @_boundary(long=True)
     async def release(self, fh):
-        await self.vfs.release(fh)
+        stale = await self.vfs.release(fh)
+        if stale is not None:  # the kernel must forget the discarded content's size and pages
+            try:  # in a thread: it waits for reads in flight, which this loop must keep serving
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, stale)
+            except OSError as exc:  # ENOENT: the kernel has forgotten the inode already
+                log.debug("invalidate_inode(%d): %s", stale, exc)
 
     # -- extended attributes --------------------------------------------------------------
     @_boundary()
