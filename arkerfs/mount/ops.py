@@ -8,7 +8,8 @@ deadline (a stuck remote must never hang the caller forever), turns ``FsError`` 
 Kernel-facing choices: no ``.``/``..`` (``supports_dot_lookup = False``), no kernel writeback
 cache (we buffer writes ourselves and the kernel would otherwise own size and mtime), entry and
 attr timeouts of at most ``kernel_timeout`` seconds, and negative lookups answered with
-``st_ino = 0`` so the kernel caches them briefly.
+``st_ino = 0`` so the kernel caches them briefly. One inode invalidation: when content refused
+past the size cap is discarded at release, the kernel must not keep that content's size.
 """
 
 from __future__ import annotations
