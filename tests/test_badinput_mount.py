@@ -34,6 +34,15 @@ def read(path) -> bytes:
         return f.read()
 
 
+def close_errno(fd) -> int:
+    """close(fd); its errno, 0 if it succeeded (a handle that got EFBIG fails with EFBIG)."""
+    try:
+        os.close(fd)
+    except OSError as exc:
+        return exc.errno
+    return 0
+
+
 # -- files over 100 MB ------------------------------------------------------------------------
 def test_efbig_exactly_at_the_write_that_crosses_the_limit(m, api):
     write(m.p("big"), b"old")
@@ -45,10 +54,11 @@ def test_efbig_exactly_at_the_write_that_crosses_the_limit(m, api):
         assert os.fstat(fd).st_size == LIMIT  # the refused write changed nothing
         assert errno_of(os.ftruncate, fd, LIMIT + 1) == errno.EFBIG
         assert errno_of(os.ftruncate, fd, 10 * LIMIT) == errno.EFBIG
-        os.ftruncate(fd, 3)  # back to the old bytes, so close uploads 3 bytes, not 100 MB
+        os.ftruncate(fd, 3)  # back to the old bytes: readable, but the refused content is never uploaded
         assert os.pread(fd, 10, 0) == b"old"
     finally:
-        os.close(fd)
+        closed = close_errno(fd)
+    assert closed == errno.EFBIG
     assert api.read_file(m.vm_id, "/home/user/big") == b"old"
 
 
@@ -61,7 +71,8 @@ def test_efbig_for_appends_and_sparse_writes_past_the_limit(m, api):
         assert errno_of(os.write, fd, b"z") == errno.EFBIG
         os.ftruncate(fd, 6)
     finally:
-        os.close(fd)
+        closed = close_errno(fd)
+    assert closed == errno.EFBIG
     assert api.read_file(m.vm_id, "/home/user/log") == b"start\n"
 
     fd = os.open(m.p("sparse"), os.O_WRONLY | os.O_CREAT, 0o644)
@@ -71,7 +82,8 @@ def test_efbig_for_appends_and_sparse_writes_past_the_limit(m, api):
         assert errno_of(os.pwrite, fd, b"end", LIMIT) == errno.EFBIG
         assert os.fstat(fd).st_size == 0
     finally:
-        os.close(fd)
+        closed = close_errno(fd)
+    assert closed == errno.EFBIG
     assert api.sh(m.vm_id, "stat -c %s /home/user/sparse") == "0\n"  # created, never filled
     # the shell tools see the same limit
     done = subprocess.run(["truncate", "-s", str(LIMIT + 1), m.p("log")], capture_output=True, text=True)

@@ -220,7 +220,7 @@ def test_efbig_at_the_limit_leaves_the_remote_unchanged(m, api, control):
         assert exc.errno == errno.EFBIG
     else:
         pytest.fail("a write past 100,000,000 bytes succeeded")
-    os.close(fd)
+    assert errno_of(os.close, fd) == errno.EFBIG  # the refused content is never uploaded
     assert errno_of(os.truncate, m.p("big"), 100_000_001) == errno.EFBIG
     assert api.read_file(m.vm_id, "/home/user/big") == b"old"
 

@@ -43,6 +43,10 @@ class WriteBuffer:
         # errno of a spool write that failed (ENOSPC...): the content is incomplete, so it must
         # never be uploaded; every later change fails the same way until a truncate to 0.
         self.broken: int | None = None
+        # errno of a write or truncate refused past the size cap (EFBIG): the content lacks what
+        # its writer meant it to hold (a `cp` cut short), so it is never uploaded either. Unlike
+        # ``broken`` the buffer keeps working; a truncate to 0 (nothing of it left) clears it.
+        self.refused: int | None = None
 
     @property
     def spilled(self) -> bool:
@@ -82,6 +86,8 @@ class WriteBuffer:
         if size == 0 and self.broken is not None:  # nothing of the failed content is left
             self.close()
             self._mem, self.broken = bytearray(), None
+        if size == 0:
+            self.refused = None
         self._check_broken()
         if self._mem is not None and size > self._memory_limit:
             self._spill()

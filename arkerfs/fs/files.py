@@ -9,7 +9,9 @@ Writes only touch the buffer. ``push`` uploads the whole buffer as ONE ``write_f
 dirty (flush on every close(), fsync, unmount). A chmod or utimens that arrives while data is
 pending (tar's ``futimens``+``fchmod`` before close) is recorded on the ``OpenFile``
 (``pending_mode``/``pending_times``), shown at once through ``overlay``, and applied by the
-upload's single follow-up run. A failed push leaves the buffer dirty so a later
+upload's single follow-up run. A write or truncate past the size cap (EFBIG) refuses the
+unsent content: every later close/fsync fails with EFBIG and uploads nothing, and the content is
+discarded with the last handle (the VM keeps its old file). A failed push leaves the buffer dirty so a later
 close/fsync retries; when the last handle goes with unsent data the content is saved to a rescue
 file and its path logged at ERROR. An existing file opened for writing without O_TRUNC is
 fetched lazily, at the first read/write that needs its old bytes (a truncate to 0 first never
@@ -70,16 +72,18 @@ class OpenFile:
 
     @property
     def dirty(self) -> bool:
-        """Something still has to reach the remote."""
-        return self.buffer is not None and (self.buffer.dirty or self.pending_times is not None
-                                            or self.pending_mode is not None)
+        """Something still has to reach the remote (refused content never will: a chmod or
+        utimens then goes to the VM at once instead of waiting for an upload)."""
+        return self.buffer is not None and self.buffer.refused is None and (
+            self.buffer.dirty or self.pending_times is not None or self.pending_mode is not None)
 
     def overlay(self, attrs: Attrs) -> Attrs:
         """``attrs`` as a reader should see them with this file's pending writes."""
         if self.buffer is None or self.needs_load:
             return attrs
-        if self.buffer.dirty:
-            attrs = replace(attrs, size=self.buffer.size, mtime_ns=self.buffer.mtime_ns)
+        if self.buffer.dirty:  # a write or truncate changes ctime with mtime, as on a local disk
+            attrs = replace(attrs, size=self.buffer.size, mtime_ns=self.buffer.mtime_ns,
+                            ctime_ns=max(attrs.ctime_ns, self.buffer.mtime_ns))
         else:
             attrs = replace(attrs, size=self.buffer.size)
         if self.pending_mode is not None:
@@ -102,8 +106,12 @@ class Handle:
     content_key: tuple | None = None
 
 
-def check_size(size: int) -> None:
+def check_size(size: int, file: OpenFile | None = None) -> None:
+    """EFBIG past the cap. With ``file``, its unsent content is refused as well: no close
+    publishes it, so the VM keeps its old file (see ``WriteBuffer.refused``)."""
     if size > CLIENT_MAX_FILE_BYTES:
+        if file is not None and file.buffer is not None:
+            file.buffer.refused = errno.EFBIG
         raise FsError(errno.EFBIG, f"{size} bytes is over the {CLIENT_MAX_FILE_BYTES}-byte limit")
 
 

@@ -430,8 +430,10 @@ class RemoteFS:
         return await self._call(S.link(existing, new), reconcile=reconcile)
 
     async def mknod(self, path: bytes, mode: int, rdev: int = 0) -> Attrs:
-        """Fifos and sockets (S_IFIFO / S_IFSOCK in mode); others -> EPERM."""
+        """Regular files (an empty one, as ``create``), fifos and sockets; others -> EPERM."""
         self._check(path, creating=True)
+        if stat.S_ISREG(mode):
+            return await self._create_empty(path, stat.S_IMODE(mode), exclusive=True)
         if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
             raise FsError(E.EPERM, f"mknod of type {stat.S_IFMT(mode):#o}")
 
@@ -582,8 +584,9 @@ class RemoteFS:
 
     # -- extended attributes --------------------------------------------------------------
     # Only the user.* namespace reaches the VM. Other namespaces are answered locally without
-    # a round trip (the kernel asks for security.capability on every write): ENODATA for reads
-    # and removals, ENOTSUP for writes; listxattr shows user.* names only.
+    # a round trip (the kernel asks for security.capability on every write): ENOTSUP, the same
+    # answer the VFS layer gives; listxattr shows user.* names only. A missing user.* name is
+    # ENODATA, also where the VM's filesystem stores no user xattrs (see ``shell.getxattr``).
     @staticmethod
     def _xattr_name(name: bytes) -> bool:
         if not name or len(name) > XATTR_NAME_MAX or b"\0" in name:
@@ -593,7 +596,7 @@ class RemoteFS:
     async def getxattr(self, path: bytes, name: bytes) -> bytes:
         self._check(path)
         if not self._xattr_name(name):
-            raise FsError(E.ENODATA)
+            raise FsError(E.ENOTSUP, "only user.* xattrs are supported")
         return await self._call(S.getxattr(path, name), readonly=True)
 
     async def setxattr(self, path: bytes, name: bytes, value: bytes, flags: int = 0) -> None:
@@ -622,7 +625,7 @@ class RemoteFS:
     async def removexattr(self, path: bytes, name: bytes) -> None:
         self._check(path)
         if not self._xattr_name(name):
-            raise FsError(E.ENODATA)
+            raise FsError(E.ENOTSUP, "only user.* xattrs are supported")
 
         async def reconcile() -> None:
             try:

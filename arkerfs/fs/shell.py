@@ -35,8 +35,8 @@ Script conventions (the contract between the builders here and ``RemoteFS``):
   a directory), 39 ENOTEMPTY (rmdir, rename over a non-empty directory), 22 EINVAL (rename into
   its own subtree, readlink of a non-link, truncate of a non-file, RENAME_EXCHANGE unavailable),
   1 EPERM (hard link to a directory, socket mknod without python3), 13 EACCES (parent not
-  writable/searchable), 61 ENODATA (missing xattr, XATTR_REPLACE), 95 ENOTSUP (no xattr
-  support, or no python3 for xattrs), 5 EIO (a tool failed for a reason nothing explains), and
+  writable/searchable), 61 ENODATA (missing xattr, XATTR_REPLACE; also get/remove
+  where the filesystem stores no user xattrs), 95 ENOTSUP (setxattr there, or no python3), 5 EIO (a tool failed for a reason nothing explains), and
   from ``_t``'s strerror mapping also 28 ENOSPC, 122 EDQUOT, 30 EROFS, 36 ENAMETOOLONG,
   40 ELOOP, 31 EMLINK, 27 EFBIG, 26 ETXTBSY, 16 EBUSY. python3 snippets exit with
   ``OSError.errno`` (e.g. 7 E2BIG, 34 ERANGE for xattrs).
@@ -52,6 +52,7 @@ import base64
 import errno as E
 import shlex
 import stat
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -488,11 +489,17 @@ def setattr(path: bytes, *, mode: int | None = None, uid: int | None = None,
 
 # -- extended attributes (python3: coreutils has no xattr tools) --------------------------
 
+# A VM filesystem that stores no user xattrs (EOPNOTSUPP) has none: reading or removing a name
+# is ENODATA, listing gives nothing, only setxattr says ENOTSUP. Without python3: ENOTSUP.
+_NO_XATTRS = f"if e.errno!={E.EOPNOTSUPP}: raise\nsys.exit({E.ENODATA})"
+
+
 def getxattr(path: bytes, name: bytes) -> Fragment:
     def parse(records: list[Record]) -> bytes:
         return base64.b64decode(only(records, b"V")[0])
 
-    code = "out(b'V',base64.b64encode(os.getxattr(a[0],a[1],follow_symlinks=False)))"
+    code = ("try:\n    v=os.getxattr(a[0],a[1],follow_symlinks=False)\nexcept OSError as e:\n"
+            + textwrap.indent(_NO_XATTRS, "    ") + "\nout(b'V',base64.b64encode(v))")
     return Fragment(_python(E.ENOTSUP, code, path, name), parse)
 
 
@@ -505,12 +512,16 @@ def listxattr(path: bytes) -> Fragment:
     def parse(records: list[Record]) -> list[bytes]:
         return [base64.b64decode(fields[0]) for tag, fields in records if tag == b"V"]
 
-    code = "for n in os.listxattr(a[0],follow_symlinks=False):\n    out(b'V',base64.b64encode(os.fsencode(n)))"
+    code = (f"try:\n    names=os.listxattr(a[0],follow_symlinks=False)\nexcept OSError as e:\n"
+            f"    if e.errno!={E.EOPNOTSUPP}: raise\n    names=[]\n"
+            "for n in names:\n    out(b'V',base64.b64encode(os.fsencode(n)))")
     return Fragment(_python(E.ENOTSUP, code, path), parse)
 
 
 def removexattr(path: bytes, name: bytes) -> Fragment:
-    return Fragment(_python(E.ENOTSUP, "os.removexattr(a[0],a[1],follow_symlinks=False)", path, name), _nothing)
+    code = ("try:\n    os.removexattr(a[0],a[1],follow_symlinks=False)\nexcept OSError as e:\n"
+            + textwrap.indent(_NO_XATTRS, "    "))
+    return Fragment(_python(E.ENOTSUP, code, path, name), _nothing)
 
 
 # -- contents of paths the sync API cannot carry --------------------------------------------

@@ -49,6 +49,7 @@ from arkerfs.fs.errors import FsError
 from arkerfs.fs.files import Handle, OpenFile, check_size
 from arkerfs.fs.inodes import InodeTable
 from arkerfs.fs.model import Attrs, Entry, StatFs
+from arkerfs.fs.symlinks import transform
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class Options:
     read_only: bool = False
     owner: tuple[int, int] | None = None  # (uid, gid) to show instead of the remote owner
     content_cache_bytes: int = 256 * 1024 * 1024
+    # a link's absolute target inside the home reads as a path relative to the link (symlinks.py)
+    transform_symlinks: bool = False
 
 
 @dataclass(eq=False)
@@ -127,7 +130,7 @@ class VFS:
         uid, gid = self._chown_allowed(uid, gid)
         file = self._files.get(ino)
         if size is not None:
-            check_size(size)
+            check_size(size, file)
             if file is not None and file.buffer is not None:
                 await self._truncate_buffer(ino, file, size, push=fh is None)
                 size = None
@@ -157,8 +160,13 @@ class VFS:
         path = self.inodes.path(ino)
         attrs = self.cache.attrs(path)
         if attrs is not None and attrs.symlink_target is not None:
-            return attrs.symlink_target
-        return await self.remote.readlink(path)
+            return self._shown_target(path, attrs.symlink_target)
+        return self._shown_target(path, await self.remote.readlink(path))
+
+    def _shown_target(self, path: bytes, target: bytes) -> bytes:
+        if not self.options.transform_symlinks:
+            return target
+        return transform(target, path, self.inodes.root_path)
 
     async def statfs(self) -> StatFs:
         hit = self.cache.statfs()
@@ -257,12 +265,8 @@ class VFS:
         self.cache.dir_changed(self.inodes.path(parent))
         self.content.forget(path)
         ino = self.inodes.unlink(parent, name)
-        if ino is not None and ino in self.inodes:
-            node = self.inodes.get(ino)
-            if node.last_attrs is not None:
-                node.last_attrs = replace(node.last_attrs, nlink=max(node.last_attrs.nlink - 1, 0))
-            if not node.unlinked:  # other hard links remain: their nlink changed
-                self.cache.invalidate(self.inodes.path(ino))
+        if ino is not None:
+            self._lost_a_link(ino)
 
     async def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
                      flags: int) -> None:
@@ -280,7 +284,8 @@ class VFS:
                 await self.remote.rename(old, new, flags)
         else:
             await self.remote.rename(old, new, flags)
-        if moved is not None and moved == self.inodes.child(new_parent, new_name):
+        replaced_ino = self.inodes.child(new_parent, new_name)
+        if moved is not None and moved == replaced_ino:
             return  # two names of one file: rename(2) does nothing and both names stay
         self.content.forget(old)
         self.content.forget(new)
@@ -297,6 +302,8 @@ class VFS:
         else:
             self.cache.renamed(old, new)
             self.inodes.rename(old_parent, old_name, new_parent, new_name)
+            if replaced_ino is not None:
+                self._lost_a_link(replaced_ino)
 
     def forget(self, ino: int, n: int) -> None:
         self.inodes.forget(ino, n)
@@ -377,10 +384,12 @@ class VFS:
         handle = self._handles[fh]
         file = handle.file
         async with file.lock:
+            if not handle.append:  # refused before fetching old bytes it would not use
+                check_size(offset + len(data), file)
             await self._ensure_loaded(handle)
             if handle.append:
                 offset = file.buffer.size
-            check_size(offset + len(data))
+            check_size(offset + len(data), file)
             file.pending_times = None  # a later write stamps its own mtime
             file.note_dirty(self._timer())
             return file.buffer.write(offset, data)
@@ -396,19 +405,27 @@ class VFS:
         if handle.file.buffer is not None:
             await self._push(handle.ino, handle.file)
 
-    async def release(self, fh: int) -> None:
+    async def release(self, fh: int) -> int | None:
+        """Close a handle. Returns the inode if what it shows changed (refused content was
+        discarded: the size and data the kernel may have cached are the buffer's, not the VM's)."""
         handle = self._handles.pop(fh)
         file = handle.file
         file.handles -= 1
+        stale = None
         if file.handles == 0:
             async with file.lock:
                 if self._files.get(handle.ino) is file and file.handles == 0:
+                    if file.buffer is not None and file.buffer.refused is not None:
+                        stale = handle.ino
                     self._drop_file(handle.ino, file)
         self.inodes.closed(handle.ino)
+        return stale
 
     async def push_all(self) -> None:
         """Push every dirty buffer now (before an unmount); failures stay dirty and are logged."""
         for ino, file in list(self._files.items()):
+            if file.buffer is not None and file.buffer.refused is not None:
+                continue  # its writer got EFBIG; the content goes with its last handle
             try:
                 await self._push(ino, file)
             except FsError as exc:
@@ -418,6 +435,10 @@ class VFS:
         """At unmount: push every dirty buffer; rescue what cannot be pushed. Returns all
         rescue files of this mount."""
         for ino, file in list(self._files.items()):
+            if file.buffer is not None and file.buffer.refused is not None:
+                async with file.lock:
+                    self._drop_file(ino, file)  # refused content: discarded, never rescued
+                continue
             if not file.dirty:
                 continue
             try:
@@ -531,6 +552,11 @@ class VFS:
         owner = self.options.owner
         if owner is not None:
             attrs = replace(attrs, uid=owner[0], gid=owner[1])
+        if self.options.transform_symlinks and attrs.symlink_target is not None:
+            try:  # a link's size is the length of what readlink returns
+                attrs = replace(attrs, size=len(self._shown_target(self.inodes.path(ino), attrs.symlink_target)))
+            except FsError:  # unlinked: nothing reads it by name any more
+                pass
         return attrs
 
     def _new_entry(self, parent: int, name: bytes, attrs: Attrs) -> tuple[int, Attrs]:
@@ -709,6 +735,9 @@ class VFS:
         the remote's FsError; what was not done stays pending for a retry."""
         async with file.lock:
             buffer = file.buffer
+            if buffer is not None and buffer.refused is not None:  # a change past the cap: never publish
+                raise FsError(buffer.refused, "a write or truncate of this file went past the size limit; "
+                                              "nothing was uploaded")
             if buffer is None or file.needs_load or not file.dirty:
                 return
             node = self.inodes.get(ino)
@@ -751,6 +780,20 @@ class VFS:
             self._cache_all_names(ino, path, attrs)
             self.inodes.set_attrs(ino, attrs)
 
+    def _lost_a_link(self, ino: int) -> None:
+        """``ino`` just lost a name (unlink, or a rename over it). Names it keeps (other hard
+        links) show a changed nlink and ctime: they are re-read from the VM at their next stat."""
+        if ino not in self.inodes:
+            return
+        node = self.inodes.get(ino)
+        if node.last_attrs is not None:
+            node.last_attrs = replace(node.last_attrs, nlink=max(node.last_attrs.nlink - 1, 0))
+        for parent, name in node.links:
+            try:
+                self.cache.invalidate(self.inodes.child_path(parent, name))
+            except FsError:  # a directory above that name is gone
+                pass
+
     def _cache_all_names(self, ino: int, path: bytes, attrs: Attrs) -> None:
         """``path`` (and every other known name of a hard-linked ``ino``) now has ``attrs``."""
         self.cache.added(path, attrs)
@@ -769,7 +812,10 @@ class VFS:
         node = self.inodes.get(ino) if ino in self.inodes else None
         if file.buffer.dirty and node is not None and not node.unlinked:
             path = self.inodes.path(ino)
-            if file.buffer.broken is not None:  # its writer got the errno; the content is incomplete
+            if file.buffer.refused is not None:  # its writer got EFBIG: the VM keeps the old file
+                log.info("discarded the new content of %s (a change went past the size limit)",
+                         path.decode("utf-8", "replace"))
+            elif file.buffer.broken is not None:  # its writer got the errno; the content is incomplete
                 log.warning("dropped the incomplete new content of %s (a write failed in the local spool: %s)",
                             path.decode("utf-8", "replace"), os.strerror(file.buffer.broken))
             else:

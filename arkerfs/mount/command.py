@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show-remote-owner", action="store_true",
                         help="show the VM's uid/gid and pass chown through (default: files look owned by you)")
     parser.add_argument("--spool-dir", help="private directory for cached contents, write buffers and rescue files")
+    parser.add_argument("--transform-symlinks", action=argparse.BooleanOptionalAction, default=True,
+                        help="show a link to /home/user/... as a relative link into the mount (default: on; "
+                             "also -o transform_symlinks / -o no_transform_symlinks)")
     parser.add_argument("-o", dest="fuse_options", action="append", default=[], metavar="OPTIONS",
                         help="extra FUSE mount options, comma separated (e.g. allow_other)")
     parser.add_argument("--debug", action="store_true",
@@ -102,6 +105,10 @@ def build_config(args: argparse.Namespace):
         if not api_key:
             raise CommandError("no API key: set ARKER_API_KEY or pass --api-key-file")
     options = tuple(o for group in args.fuse_options for o in group.split(",") if o)
+    transform_symlinks = args.transform_symlinks  # -o [no_]transform_symlinks is ours, not FUSE's
+    for o in (o for o in options if o in ("transform_symlinks", "no_transform_symlinks")):
+        transform_symlinks = o == "transform_symlinks"
+    options = tuple(o for o in options if o not in ("transform_symlinks", "no_transform_symlinks"))
     return MountConfig(
         vm=args.vm,
         mountpoint=mountpoint,
@@ -120,6 +127,7 @@ def build_config(args: argparse.Namespace):
         ("" if args.foreground else str(default_log_file(args.vm, mountpoint))),
         debug_fuse=args.debug_fuse,
         local=args.local,
+        transform_symlinks=transform_symlinks,
     )
 
 

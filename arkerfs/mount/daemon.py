@@ -61,6 +61,7 @@ class MountConfig:
     log_file: str = ""
     debug_fuse: bool = False
     local: bool = False  # run the embedded server and create the VM if missing
+    transform_symlinks: bool = True  # links to /home/user/... read as links into the mount
 
 
 async def run_mount(config: MountConfig, ready: Callable[[str | None], None]) -> runtime.MountResult:
@@ -181,7 +182,8 @@ async def _serve(config: MountConfig, remote, probe, ready, report) -> runtime.M
     spool = runtime.private_dir(Path(config.spool_dir))
     owner = None if config.show_remote_owner else (os.getuid(), os.getgid())
     vfs = VFS(remote, HOME.encode(), str(spool),
-              Options(cache_ttl=config.cache_ttl, read_only=config.read_only, owner=owner))
+              Options(cache_ttl=config.cache_ttl, read_only=config.read_only, owner=owner,
+                      transform_symlinks=config.transform_symlinks))
     report.vfs = vfs
     root_attrs, entries = probe
     vfs.cache.store_listing(HOME.encode(), root_attrs, entries, vfs.cache.generation)

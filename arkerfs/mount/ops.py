@@ -8,7 +8,8 @@ deadline (a stuck remote must never hang the caller forever), turns ``FsError`` 
 Kernel-facing choices: no ``.``/``..`` (``supports_dot_lookup = False``), no kernel writeback
 cache (we buffer writes ourselves and the kernel would otherwise own size and mtime), entry and
 attr timeouts of at most ``kernel_timeout`` seconds, and negative lookups answered with
-``st_ino = 0`` so the kernel caches them briefly.
+``st_ino = 0`` so the kernel caches them briefly. One inode invalidation: when content refused
+past the size cap is discarded at release, the kernel must not keep that content's size.
 """
 
 from __future__ import annotations
@@ -260,7 +261,12 @@ class Operations(pyfuse3.Operations):
 
     @_boundary(long=True)
     async def release(self, fh):
-        await self.vfs.release(fh)
+        stale = await self.vfs.release(fh)
+        if stale is not None:  # the kernel must forget the discarded content's size and pages
+            try:  # in a thread: it waits for reads in flight, which this loop must keep serving
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, stale)
+            except OSError as exc:  # ENOENT: the kernel has forgotten the inode already
+                log.debug("invalidate_inode(%d): %s", stale, exc)
 
     # -- extended attributes --------------------------------------------------------------
     @_boundary()
