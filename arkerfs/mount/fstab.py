@@ -32,7 +32,8 @@ VALUE_OPTIONS = {
     "log_level": "--log-level",
 }
 # option -> arkerfs mount flag
-FLAG_OPTIONS = {"ro": "--read-only", "local": "--local", "debug": "--debug", "show_remote_owner": "--show-remote-owner"}
+FLAG_OPTIONS = {"ro": "--read-only", "local": "--local", "debug": "--debug", "show_remote_owner": "--show-remote-owner",
+                "transform_symlinks": "--transform-symlinks", "no_transform_symlinks": "--no-transform-symlinks"}
 # for mount(8), fstab or systemd only: nothing to do here
 DROPPED = {"rw", "defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "owner", "group"}
 DROPPED_PREFIXES = ("x-", "comment=")
