@@ -102,6 +102,7 @@ class InProcessTarget:
         self._seen = 0
         self.vfs = self.driver = None
         self.mounts = 0
+        self.steps = 0
         self._new_vfs()
 
     def _new_vfs(self) -> None:
@@ -287,6 +288,7 @@ class InProcessModel(FsModel):
     def vm_agrees(self):
         """The VM's home holds what the reference holds, whenever no descriptor is open (an
         open one may hold data not uploaded yet)."""
+        self.keeper.steps += 1
         if not self.handles:
             self.compare_vm("with no descriptor open")
 
@@ -325,4 +327,4 @@ async def test_vfs_behaves_like_a_local_directory(tmp_path):
             await target.vm.aclose()
     print(f"in-process model: {target.vm.calls['run']} runs ({target.vm.calls['run'] / max(target.vm.run_seconds, 1e-9):.0f}/s), "
           f"{target.vm.calls['sync_read']} sync reads, {target.vm.calls['ranged_read']} ranged reads, "
-          f"{target.vm.calls['sync_write']} sync writes, {target.mounts} mounts")
+          f"{target.vm.calls['sync_write']} sync writes, {target.mounts} mounts, {target.steps} steps")

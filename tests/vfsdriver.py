@@ -326,9 +326,9 @@ class VfsDriver:
 
     async def link(self, src: bytes, dst: bytes, *, follow_symlinks: bool = True) -> None:
         source = await self._existing(src, follow=follow_symlinks)
+        found = await self._free(dst)  # (EEXIST comes before EPERM for a directory)
         if stat.S_ISDIR(source.attrs.mode):
             raise _err(E.EPERM)
-        found = await self._free(dst)
         ino, _ = await self.vfs.link(source.ino, found.parent, found.name)
         self._counted(ino)
 
