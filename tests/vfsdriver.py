@@ -96,10 +96,10 @@ class VfsDriver:
         self.lookups[ino] += 1
         return ino
 
-    def drop_caches(self) -> None:
-        """FORGET every counted lookup of an inode no open descriptor pins."""
+    def drop_caches(self, keep=lambda ino: False) -> None:
+        """FORGET every counted lookup of an inode no open descriptor pins (and not ``keep``)."""
         pinned = {ino for d in self._fds.values() for ino in (d.ino, *d.pins)}
-        for ino in [i for i in self.lookups if i not in pinned]:
+        for ino in [i for i in self.lookups if i not in pinned and not keep(i)]:
             self.vfs.forget(ino, self.lookups.pop(ino))
 
     async def _lookup(self, parent: int, name: bytes) -> tuple[int, Attrs]:
