@@ -2,7 +2,8 @@
 ``tests/test_model.py``) on ``VFS`` over ``RemoteFS`` over ``LocalVM`` (the same shell scripts
 under bubblewrap on a temp home, files installed with the server's code), driven by
 ``VfsDriver`` (what the kernel would do) with no kernel and no HTTP. Fast enough for thousands
-of steps, so CI runs many more than through the mount.
+of steps, so CI runs many more than through the mount (100 examples of up to 50 steps: about
+4,700 steps in ~100 s on a loaded 2-core machine, against 375 through the mount).
 
 Compared after every step: each operation's result or exact errno, and the whole tree through
 VFS against the reference directory (the tolerances of ``tests/test_model.py``); the VM's home
@@ -45,7 +46,7 @@ from tests.modelfs import CANARY_LOCAL, Node, diff_trees, snapshot
 from tests.modelrules import FsModel, guard
 from tests.vfsdriver import VfsDriver
 
-EXAMPLES = int(os.environ.get("ARKERFS_INPROC_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("ARKERFS_INPROC_EXAMPLES", "100"))
 STEPS = int(os.environ.get("ARKERFS_INPROC_STEPS", "50"))
 SEED = os.environ.get("ARKERFS_MODEL_SEED")
 REPRODUCE = os.environ.get("ARKERFS_MODEL_REPRODUCE")
