@@ -19,6 +19,9 @@ would. What it does on the kernel's behalf (each one is a kernel rule, not a VFS
   inodes an open descriptor pins (its inode and the directories it was reached through), as
   the kernel may do at any time (memory pressure, ``echo 2 > /proc/sys/vm/drop_caches``).
 
+O_TRUNC reaches ``VFS.open`` in the flags (libfuse3 negotiates atomic_o_trunc), not as a
+separate setattr. Calls run one at a time: the concurrency of FUSE handlers is not modelled.
+
 What it does NOT model: the kernel's own caches. Every call goes to VFS, as with entry and attr
 timeouts of 0 (the mount uses up to 1 s), and there is no page cache: reads are exactly the
 ranges asked for (the kernel reads whole pages, clipped at the size it has cached). Behaviour
