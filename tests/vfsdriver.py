@@ -335,7 +335,16 @@ class VfsDriver:
         ino, _ = await self.vfs.link(source.ino, found.parent, found.name)
         self._counted(ino)
 
+    async def _parent_dir(self, path: bytes) -> None:
+        """Walk ``path``'s directory (ENOENT/ENOTDIR), as rename(2) does for both paths first."""
+        parent = path.rsplit(b"/", 1)[0] if b"/" in path else b""
+        found = await self._existing(parent, follow=True)
+        if not stat.S_ISDIR(found.attrs.mode):
+            raise _err(E.ENOTDIR)
+
     async def rename(self, src: bytes, dst: bytes) -> None:
+        await self._parent_dir(src)
+        await self._parent_dir(dst)  # before either final name is looked up
         old = await self._existing(src, follow=False)
         new = await self.walk(dst, follow=False)
         if old.parent is None or (new.ino is not None and new.parent is None):
