@@ -294,8 +294,9 @@ def canaries(api: Api, vm_id: str) -> list[str]:
 class MountKeeper:
     """One VM and one mount of it, re-mountable, for a whole hypothesis run."""
 
-    def __init__(self, server, *daemon_args: str) -> None:
+    def __init__(self, server, *daemon_args: str, remount_every: int = 12) -> None:
         self.server = server
+        self.remount_every = remount_every
         self.daemon_args = daemon_args
         self.api = Api(server)
         self.vm_id = self.api.fork()
@@ -363,6 +364,20 @@ class MountKeeper:
     def remount(self) -> None:
         self.down()
         self.up()
+
+    def example(self, exdir: bytes, create: bool = True):
+        """The os module on ``/home/user/<exdir>`` through the mount (made if ``create``)."""
+        from tests.modelrules import OsFS  # (modelrules imports this module)
+        root = self.path + b"/" + exdir
+        if create:
+            os.mkdir(root)
+        return OsFS(root)
+
+    def vm_snapshot(self, vm_root: bytes) -> dict[bytes, Node]:
+        return vm_snapshot(self.api, self.vm_id, vm_root)
+
+    def canaries(self) -> list[str]:
+        return canaries(self.api, self.vm_id)
 
     def new_log_problems(self) -> list[str]:
         """WARNING/ERROR/Traceback lines the daemon logged since the last call."""
