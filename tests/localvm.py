@@ -4,7 +4,7 @@ It lets the filesystem model (``VFS`` over ``RemoteFS``) run in-process with no 
 and no kernel, while still executing the SAME shell fragments the mount sends:
 
 - ``run(command, session_id, timeout)`` runs the command with bash under bubblewrap with the
-  fake's home bound at /home/user (the host as it is otherwise, a private /tmp), kills it at
+  fake's home bound at /home/user (in the local server's own sandbox, a private /tmp), kills it at
   ``timeout`` (exit -1, ``timed_out``), and answers a second concurrent run on one session with
   ``vm_busy`` like the server. By default each session is one long-lived sandboxed bash that
   runs every command in a fresh subshell (``persistent``; ~6 ms a run here instead of ~9 ms for
@@ -28,7 +28,9 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import trio
 
@@ -37,6 +39,7 @@ from arkerfs.client.models import RunResult
 from arkerfs.protocol import CLIENT_MAX_FILE_BYTES, HOME, PathRuleError, check_sync_path
 from arkerfs.server import confine, vmfiles
 from arkerfs.server.runner import BASE_ENV
+from arkerfs.server.sandbox import Sandbox
 
 BWRAP = shutil.which("bwrap") or "bwrap"
 INLINE_READ_LIMIT = 64 * 1024  # the test server's (tests/conftest.py): large reads are ranged
@@ -100,11 +103,17 @@ class LocalVM:
         await self.aclose()
 
 
+_SANDBOX: Sandbox | None = None
+
+
 def _sandbox(home: str, *extra: str) -> list[str]:
-    """bwrap argv: the host as it is (so every tool is there), ``home`` at /home/user, a private
-    /tmp, and a tmpfs on /home so the /home/user mount point is never created on the host."""
-    return [BWRAP, "--dev-bind", "/", "/", "--tmpfs", "/tmp", "--tmpfs", "/home", "--bind", home, HOME,
-            *extra, "--die-with-parent", "--chdir", HOME]
+    """The local server's own sandbox (``arkerfs.server.sandbox``: no capabilities, user ``user``,
+    the home at /home/user, a private /tmp), so runs here answer as the server's do; ``extra``
+    bwrap options go last, and the caller appends the command."""
+    global _SANDBOX
+    if _SANDBOX is None:
+        _SANDBOX = Sandbox(BWRAP, Path(tempfile.mkdtemp(prefix="localvm-etc-")))
+    return _SANDBOX.argv(home, list(extra))
 
 
 async def _run_once(home: str, command: str, timeout: float | None) -> tuple[bytes, bytes, int, bool]:
@@ -220,8 +229,7 @@ class LocalSync:
             os.close(fd)
             raise ArkerError("payload_too_large", f"file is {size} bytes", 413)
         if size > self.inline_read_limit:
-            os.close(fd)
-            return LocalRangedFile(self._vm, path, size)
+            return LocalRangedFile(self._vm, path, fd, size)
         data = await trio.to_thread.run_sync(_read_and_close, fd)
         return RemoteFile(None, path=path, size=len(data), content=data)
 
@@ -245,28 +253,42 @@ class LocalSync:
 
 
 class LocalRangedFile:
-    """The answer to a large sync read, like a presigned ``RemoteFile``: the size is the one at
-    ``open_read``; each ``read_range`` opens the path anew (the server's GET re-resolves it)."""
+    """The answer to a large sync read, like a presigned ``RemoteFile``: it serves the version
+    that was there at ``open_read`` (it holds that file open, as the server's URL does)."""
 
     inline = False
     expired = False
 
-    def __init__(self, vm: LocalVM, path: str, size: int) -> None:
+    def __init__(self, vm: LocalVM, path: str, fd: int, size: int) -> None:
         self._vm = vm
         self.path = path
         self.size = size
+        self._fd = fd
+
+    def __del__(self) -> None:
+        os.close(self._fd)
 
     def __repr__(self) -> str:
         return f"LocalRangedFile(path={self.path!r}, size={self.size})"
 
+    def continues(self, previous) -> None:
+        """A renewed URL (never needed here: these do not expire)."""
+
     async def read_range(self, offset: int, length: int) -> bytes:
+        chunks = bytearray()
+        await self.read_range_into(offset, length, lambda position, data: chunks.extend(data))
+        return bytes(chunks)
+
+    async def read_range_into(self, offset: int, length: int, sink) -> int:
         if offset < 0 or length < 0:
             raise ValueError("offset and length must be non-negative")
         end = min(offset + length, self.size)
         if offset >= end:
-            return b""
+            return 0
         self._vm.calls["ranged_read"] += 1
-        return await trio.to_thread.run_sync(_pread, self._vm.home, self.path, offset, end - offset)
+        data = await trio.to_thread.run_sync(os.pread, self._fd, end - offset, offset)
+        sink(offset, data)
+        return len(data)
 
     async def read_all(self) -> bytes:
         return await self.read_range(0, self.size)
@@ -296,14 +318,6 @@ def _open_and_size(home: str, path: str) -> tuple[int, int]:
 def _read_and_close(fd: int) -> bytes:
     try:
         return vmfiles.read_all(fd)
-    finally:
-        os.close(fd)
-
-
-def _pread(home: str, path: str, offset: int, length: int) -> bytes:
-    fd = _confined(confine.open_for_read, home, path)
-    try:
-        return os.pread(fd, length, offset)
     finally:
         os.close(fd)
 

@@ -366,3 +366,14 @@ def test_python_snippets_without_python3(tmp_path):
     proc = subprocess.run(["/bin/bash", "-c", S.script(frags)], capture_output=True,
                           env={"PATH": "/nonexistent"}, timeout=30)
     assert [o.status for o in S.parse_output(proc.stdout)] == [E.ENOTSUP, E.EINVAL]
+
+
+def test_mkdir_keeps_the_setgid_bit_inherited_from_its_parent(tmp_path):
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    os.chmod(parent, 0o2775)
+    frag = S.mkdir(os.fsencode(parent / "child"), 0o750)
+    (outcome,) = run_local([frag])
+    attrs = S.check_result(frag, outcome)
+    os.mkdir(tmp_path / "shared" / "local", 0o750)  # what mkdir(2) does on a local disk
+    assert stat.S_IMODE(attrs.mode) == stat.S_IMODE(os.stat(tmp_path / "shared" / "local").st_mode) == 0o2750

@@ -158,14 +158,6 @@ class InProcessTarget:
         new, self._seen = self.problems.lines[self._seen:], len(self.problems.lines)
         return new
 
-    def known_bug_keep(self, ino: int) -> bool:
-        """KNOWN VFS BUG (test_unlink_of_a_hard_link_after_forget_updates_the_other_names_nlink):
-        the model's drop_caches never forgets a hard-linked file, or it would find that bug in
-        every run. Delete this (and the ``keep=``) once the bug is fixed."""
-        node = self.vfs.inodes.get(ino) if ino in self.vfs.inodes else None
-        attrs = node.last_attrs if node is not None else None
-        return attrs is not None and not stat.S_ISDIR(attrs.mode) and attrs.nlink > 1
-
     def leaks(self) -> list[str]:
         """With no descriptor open and every lookup forgotten: what VFS still holds."""
         self.driver.drop_caches()
@@ -281,21 +273,12 @@ class InProcessModel(FsModel):
 
     target = None
 
-    def both(self, what: str, fn):
-        hard_links = any(n.kind != "d" and n.nlink > 1 for n in self.tree.values())
-        result = super().both(what, fn)
-        if hard_links and what.startswith("rename(") and result[0] == "ok":
-            # KNOWN VFS BUG (test_rename_over_one_of_two_hard_links_updates_the_other_names_nlink):
-            # the other names keep nlink 2 until cache_ttl; expire the caches so the model can go
-            # on finding other bugs. Delete this once the bug is fixed.
-            self.keeper.clock.now += CACHE_TTL + 0.5
-        return result
 
     @rule()
     @guard
     def drop_caches(self):
         self.note("drop_caches")
-        self.keeper.driver.drop_caches(keep=self.keeper.known_bug_keep)
+        self.keeper.driver.drop_caches()
 
     @rule()
     @guard
@@ -350,11 +333,8 @@ async def test_vfs_behaves_like_a_local_directory(tmp_path):
           f"{target.vm.calls['sync_write']} sync writes, {target.mounts} mounts, {target.steps} steps")
 
 
-# -- bugs the in-process model found in VFS (not fixed here) --------------------------------------
+# -- bugs the in-process model found in VFS (fixed; kept as regressions) --------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="VFS BUG (found by this model): after the kernel forgot the "
-                   "inodes, unlinking one of two hard links leaves the other name's cached nlink at 2 "
-                   "until cache_ttl; remove this mark once VFS.unlink invalidates the other names")
 async def test_unlink_of_a_hard_link_after_forget_updates_the_other_names_nlink(tmp_path):
     os.makedirs(tmp_path / "spool", mode=0o700)
     async with LocalVM(str(tmp_path / "vm")) as vm:
@@ -371,9 +351,6 @@ async def test_unlink_of_a_hard_link_after_forget_updates_the_other_names_nlink(
         assert (await driver.lstat(b"b")).st_nlink == 1  # VFS says 2
 
 
-@pytest.mark.xfail(strict=True, reason="VFS BUG (found by this model): a rename over one of two hard "
-                   "links leaves the other name's cached nlink at 2 until cache_ttl; remove this mark once "
-                   "VFS.rename updates the replaced inode's other names")
 async def test_rename_over_one_of_two_hard_links_updates_the_other_names_nlink(tmp_path):
     os.makedirs(tmp_path / "spool", mode=0o700)
     async with LocalVM(str(tmp_path / "vm")) as vm:

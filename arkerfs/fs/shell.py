@@ -340,9 +340,11 @@ def statfs(path: bytes = HOME_B) -> Fragment:
 
 
 def mkdir(path: bytes, mode: int) -> Fragment:
+    # Three digits, not five: GNU mkdir then keeps the set-group-ID bit a directory inherits
+    # from its parent, as mkdir(2) does ("-m 00750" would clear it).
     return Fragment(
         f"p={quote(path)}; _x \"$p\" && exit 17; _pd {quote(parent_of(path))}\n"
-        f'_t mkdir -m {mode & 0o7777:05o} -- "$p"; _st "$p"',
+        f'_t mkdir -m {mode & 0o7777:03o} -- "$p"; _st "$p"',
         _attrs,
     )
 

@@ -260,7 +260,10 @@ class VFS:
         self._writable()
         path = self.inodes.child_path(parent, name)
         await self._keep_open_versions(self.inodes.child(parent, name))
+        before = self.cache.attrs(path)
         await self.remote.unlink(path)
+        if before is not None and before.nlink > 1:  # names the kernel forgot are cached too
+            self.cache.invalidate_links(before.remote_ino)
         self.cache.removed(path, is_dir=False)
         self.cache.dir_changed(self.inodes.path(parent))
         self.content.forget(path)
