@@ -33,10 +33,11 @@ MAX_HANDLES = 4
 TRACE = os.environ.get("ARKERFS_MODEL_TRACE")  # a file to append every operation to, as it runs
 
 # The local server's VM user is unprivileged (see arkerfs/server/sandbox.py) while the reference
-# directory is changed by root, so the owner always keeps rwx here: a mode that locks the owner out
-# is answered EACCES by the VM and not by root's local disk (tested on its own in test_mount.py).
-MODES = st.one_of(st.sampled_from([0o644, 0o600, 0o755, 0o700, 0o744, 0o711, 0o777]),
-                  st.integers(0, 0o777), st.integers(0, 0o7777)).map(lambda mode: mode | 0o700)
+# directory is changed by root, so the owner always keeps rwx here (a mode that locks the owner out
+# is answered EACCES by the VM, not by root's disk: tested on its own in test_mount.py), and no
+# set-user/group-ID bit is drawn (an unprivileged write or truncate clears them, root's does not).
+MODES = st.one_of(st.sampled_from([0o644, 0o600, 0o755, 0o700, 0o744, 0o711, 0o777, 0o1777]),
+                  st.integers(0, 0o777), st.integers(0, 0o7777)).map(lambda mode: (mode | 0o700) & ~0o6000)
 SIZES = st.one_of(st.integers(0, 300), st.sampled_from([4095, 4096, 65535, 65536, 70001]))
 OFFSETS = st.one_of(st.integers(0, 300), st.sampled_from([4095, 4096, 65535, 65536, 70000]))
 DATA = st.one_of(st.binary(min_size=0, max_size=64),
