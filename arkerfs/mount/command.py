@@ -19,6 +19,8 @@ import os
 import stat
 import sys
 
+from arkerfs.connopts import ConnectionOptionsError, read_key_file
+
 EXIT_FAILED = 1
 MAX_REASON_CHARS = 500  # a failure reason is one line of at most this many characters
 
@@ -101,7 +103,10 @@ def build_config(args: argparse.Namespace):
     api_key = None
     env_key = keypass.take_key()  # read once: no child process inherits it
     if not args.local:
-        api_key = read_key_file(args.api_key_file) if args.api_key_file else env_key
+        try:
+            api_key = read_key_file(args.api_key_file) if args.api_key_file else env_key
+        except ConnectionOptionsError as exc:
+            raise CommandError(str(exc)) from None
         if not api_key:
             raise CommandError("no API key: set ARKER_API_KEY or pass --api-key-file")
     options = tuple(o for group in args.fuse_options for o in group.split(",") if o)
@@ -180,20 +185,6 @@ def _remove_stale(mountpoint: str) -> bool:
     print(f"arkerfs mount: removed a stale mount at {mountpoint} (its daemon had died; "
           "writes it had not pushed are lost)", file=sys.stderr)
     return True
-
-
-def read_key_file(path: str) -> str:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise CommandError(f"cannot read API key file {path}: {exc.strerror}") from None
-    with os.fdopen(fd, encoding="utf-8") as f:
-        if os.fstat(f.fileno()).st_mode & 0o077:
-            raise CommandError(f"API key file {path} is readable by group or others; run: chmod 600 {path}")
-        key = f.read().strip()
-    if not key:
-        raise CommandError(f"API key file {path} is empty")
-    return key
 
 
 def _detach(config, log_level: str) -> int:
