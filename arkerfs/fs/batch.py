@@ -64,9 +64,16 @@ def batch_script(fragments: Sequence[S.Fragment]) -> str:
 
 def install(staged: bytes, path: bytes, *, mode: int, mtime_ns: int, atime_ns: int | None = None,
             base: Version | None, stamp: str, recovery: bytes = RECOVERY,
-            home: bytes = S.HOME_B) -> S.Fragment:
+            home: bytes = S.HOME_B, check: bool = True, size: int | None = None,
+            empty: bool = False) -> S.Fragment:
     """Move the uploaded ``staged`` file to ``path`` with ``mode`` and exact times, if ``path``
-    is still ``base`` (None: still absent). ``stamp`` (e.g. a UTC time) names conflict copies."""
+    is still ``base`` (None: still absent). ``stamp`` (e.g. a UTC time) names conflict copies.
+
+    ``check=False`` installs whatever is there (the previous version is the mount's own, pushed
+    earlier in the same batch). ``size`` makes a repeat harmless: when the target already is
+    this very version (same size and nanosecond mtime: the batch ran before but its answer was
+    lost), the staged copy is dropped instead of making a conflict copy. ``empty``: the staged
+    file is created by the run itself (nothing to upload for an empty file)."""
     if not path.startswith(home + b"/"):
         raise ValueError("install targets live under the home")
     perm = stat.S_IMODE(mode)
@@ -74,8 +81,14 @@ def install(staged: bytes, path: bytes, *, mode: int, mtime_ns: int, atime_ns: i
     expect = "" if base is None else base.printed()
     conflict = path + b".conflict-" + stamp.encode()
     recovered = recovery + b"/" + stamp.encode() + path[len(home):]
+    create = f"_t mkdir -p -- {S.quote(S.parent_of(staged))}; : > \"$s\" || exit 5\n" if empty else ""
+    mine = "" if size is None else f"{size}:{Version(0, size, mtime_ns).printed().split(':', 2)[2]}"
+    same = f'case $now in *:{mine}) rm -f -- "$s"; _st "$p"; exit 0;; esac\n' if mine else ""
+    compare = (f'if [ "$now" != {S.quote(expect.encode())} ]; then _t mv -f -T -- "$s" "$c"; printf "C\\0%s\\0" "$c"; exit 0; fi\n'
+               if check else "")
     body = (
         f"s={S.quote(staged)}; p={S.quote(path)}; c={S.quote(conflict)}; r={S.quote(recovered)}\n"
+        + create +
         '[ -f "$s" ] || exit 5\n'
         f"_t chmod {perm:05o} -- \"$s\"; _t touch -h -c -a -d {atime} -- \"$s\"; "
         f"_t touch -h -c -m -d {S.touch_time(mtime_ns)} -- \"$s\"\n"
@@ -84,7 +97,7 @@ def install(staged: bytes, path: bytes, *, mode: int, mtime_ns: int, atime_ns: i
         '  printf "C\\0%s\\0" "$r"; exit 0; fi\n'
         # what is there now, in the format of Version.printed ("" when absent)
         'now=; _x "$p" && { [ -f "$p" ] && [ ! -L "$p" ] && now=$(find "$p" -maxdepth 0 -printf "%i:%s:%T@") || now=other; }\n'
-        f'if [ "$now" != {S.quote(expect.encode())} ]; then _t mv -f -T -- "$s" "$c"; printf "C\\0%s\\0" "$c"; exit 0; fi\n'
+        + same + compare +
         '_t mv -f -T -- "$s" "$p"; _st "$p"'
     )
     return S.Fragment(body, _installed)
@@ -95,3 +108,40 @@ def _installed(records: list[S.Record]) -> Installed:
     if kept:
         return Installed(None, kept[0])
     return Installed(S.parse_attrs(S.only(records, b"A")), None)
+
+
+# -- repeatable forms of the namespace fragments --------------------------------------------
+# A batch whose answer was lost (the connection dropped mid-run, the daemon crashed before the
+# acknowledgement) is sent again whole. Each of these first checks whether its change is
+# already there and then succeeds without doing it twice; otherwise it is ``shell``'s fragment.
+
+def _guarded(guard: str, fragment: S.Fragment) -> S.Fragment:
+    return S.Fragment(guard + "\n" + fragment.body, fragment.parse)
+
+
+def mkdir(path: bytes, mode: int) -> S.Fragment:
+    q = S.quote(path)
+    return _guarded(f'[ -d {q} ] && [ ! -L {q} ] && {{ _st {q}; exit 0; }}', S.mkdir(path, mode))
+
+
+def rmdir(path: bytes) -> S.Fragment:
+    return _guarded(f"_x {S.quote(path)} || exit 0", S.rmdir(path))
+
+
+def unlink(path: bytes) -> S.Fragment:
+    return _guarded(f"_x {S.quote(path)} || exit 0", S.unlink(path))
+
+
+def rename(old: bytes, new: bytes, flags: int = 0) -> S.Fragment:
+    return _guarded(f"_x {S.quote(old)} || {{ _x {S.quote(new)} && exit 0; }}", S.rename(old, new, flags))
+
+
+def symlink(target: bytes, path: bytes) -> S.Fragment:
+    q, t = S.quote(path), S.quote(target + b"\n")  # readlink prints a newline; "x" keeps it
+    return _guarded(f'[ -L {q} ] && [ "$(readlink -- {q}; printf x)" = {t}x ] && {{ _st {q}; exit 0; }}',
+                    S.symlink(target, path))
+
+
+def link(existing: bytes, new: bytes) -> S.Fragment:
+    e, n = S.quote(existing), S.quote(new)
+    return _guarded(f'[ -e {n} ] && [ {n} -ef {e} ] && {{ _st {n}; exit 0; }}', S.link(existing, new))

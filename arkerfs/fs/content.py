@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -180,6 +181,29 @@ def _read_error(path: bytes, exc: ArkerError) -> FsError:
     return FsError(errno_for_api_error(exc), f"ranged read of {path!r}: {exc}")
 
 
+class LocalContent(FileContent):
+    """A version held in a local file we do not own (a journal spool file of a change not yet
+    pushed). Its descriptor is opened at once: if the file is deleted (the change was pushed),
+    readers that hold this keep reading the same bytes."""
+
+    def __init__(self, path, size: int) -> None:
+        self.size = size
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if path is not None and size else None
+
+    @property
+    def charge(self) -> int:
+        return 0  # the bytes are on local disk already, not held by the cache
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if self._fd is None or offset >= self.size:
+            return b""
+        return os.pread(self._fd, min(length, self.size - offset), offset)
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+
 class _Fetch:
     """One ranged GET in flight, for the readers waiting on its chunks."""
 
@@ -233,8 +257,10 @@ class ContentCache:
     async def _open(self, key: ContentKey) -> FileContent:
         path = key[0]
         remote_file = await self._opener(path)
-        if remote_file.inline:
-            content: FileContent = self._whole(await remote_file.read_all())  # no I/O: inline
+        if isinstance(remote_file, FileContent):  # pending local content (write-back)
+            content: FileContent = remote_file
+        elif remote_file.inline:
+            content = self._whole(await remote_file.read_all())  # no I/O: inline
         else:
             content = RangedContent(path, remote_file, self._opener, self._spool_dir)
         if content.size == key[1]:

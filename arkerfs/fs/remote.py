@@ -182,6 +182,10 @@ class _Ambiguous(Exception):
     """The run may or may not have executed."""
 
 
+class BatchAmbiguous(Exception):
+    """A batch run that may or may not have executed: send it again."""
+
+
 class SessionPool:
     """Up to ``len(ids)`` runs in flight, each on its own session; drops to one on VM-wide busy."""
 
@@ -230,9 +234,11 @@ class RemoteFS:
         self.live = Liveness(lambda: vm.sync.open_read(PROBE_PATH), outage_timeout)
 
     # -- running fragments --------------------------------------------------------------------
-    async def _run(self, fragments: list[S.Fragment]) -> tuple[list[S.Outcome], bytes]:
-        """One run of ``fragments``: one Outcome per fragment and the run's stderr."""
-        command = S.script(fragments)
+    async def _run(self, fragments: list[S.Fragment], *,
+                   stop_at_failure: bool = False) -> tuple[list[S.Outcome], bytes]:
+        """One run of ``fragments``: one Outcome per fragment and the run's stderr (with
+        ``stop_at_failure``, one per fragment that ran: the last one is the one that failed)."""
+        command = S.script(fragments, stop_at_failure=stop_at_failure)
         for attempt in range(BUSY_RETRIES + 1):
             async with self.pool.session() as sid:
                 try:
@@ -262,11 +268,48 @@ class RemoteFS:
             outcomes, problem = [], str(exc)
         else:
             problem = f"{len(outcomes)} fragment statuses for {len(fragments)} fragments"
-        if len(outcomes) != len(fragments) or outcomes[-1].status != result.exit_code:
+        complete = len(outcomes) == len(fragments) or (
+            stop_at_failure and 0 < len(outcomes) < len(fragments) and outcomes[-1].status != 0)
+        if not complete or outcomes[-1].status != result.exit_code:
             log.error("script output unusable (%s; exit %s): %s", problem, result.exit_code,
                       result.stderr[-500:].decode(errors="replace"))
             raise FsError(E.EIO, "script output unusable")
         return outcomes, result.stderr
+
+    async def run_batch(self, fragments: list[S.Fragment]) -> list[tuple[S.Outcome, Any]]:
+        """One run of ``fragments`` in order, stopping at the first that fails: (outcome, value)
+        of each fragment that ran, value being its parsed result or the ``FsError`` it failed
+        with. Raises ``BatchAmbiguous`` when the run may or may not have executed (the caller
+        sends the whole batch again: its fragments are repeatable, see ``fs.batch``)."""
+        try:
+            outcomes, stderr = await self._run(fragments, stop_at_failure=True)
+        except _Ambiguous as exc:
+            raise BatchAmbiguous(str(exc)) from None
+        done = []
+        for fragment, outcome in zip(fragments, outcomes):
+            try:
+                done.append((outcome, self._value(fragment, outcome, stderr)))
+            except FsError as exc:
+                done.append((outcome, exc))
+        return done
+
+    async def upload_many(self, uploads: list[tuple[bytes, str]]) -> None:
+        """Write each local file to its VM path (staging names: plain ASCII), as few requests as
+        the SDK can pack them in. Creates the staging directory when the server wants it."""
+        entries = [(path.decode(), Path(local)) for path, local in uploads]
+        for first in (True, False):
+            try:
+                writer = getattr(self._vm.sync, "write_files", None)
+                if writer is not None:
+                    await self.live.watch(lambda: writer(entries))
+                else:
+                    for path, local in entries:
+                        await self.live.watch(lambda: self._vm.sync.write_file(path, local))
+                return
+            except ArkerError as exc:
+                if not (first and exc.code == "not_found"):
+                    raise FsError(errno_for_api_error(exc), str(exc)) from exc
+            await self._call(S.make_staging_dir())
 
     @staticmethod
     def _value(fragment: S.Fragment, outcome: S.Outcome, stderr: bytes) -> Any:
@@ -531,7 +574,8 @@ class RemoteFS:
                 log.warning("could not remove staging file %r: %s", staging, exc)
 
     async def write_file(self, path: bytes, source, size: int, *, mode: int | None = None,
-                         in_place: bool = False) -> Attrs | None:
+                         in_place: bool = False, base: Attrs | None = None,
+                         mtime_ns: int | None = None) -> Attrs | None:
         """Replace the whole file with ``size`` bytes from ``source`` (bytes or a local file path).
         size 0 goes through a run. Returns fresh attrs when known without another call, else None.
         On failure the remote keeps its old content (uploads land atomically).
@@ -542,7 +586,10 @@ class RemoteFS:
 
         Costs: size 0 -> one run (returns attrs); otherwise one sync write, plus one run
         (chmod + stat, returns attrs) when ``mode`` is given, since sync writes carry no mode.
-        Names sync cannot carry: sync write to a staging file + one run (mv, chmod, stat)."""
+        Names sync cannot carry: sync write to a staging file + one run (mv, chmod, stat).
+
+        ``base`` (the version the change was made on) and ``mtime_ns`` are what the write-back
+        port records; applied at once, the upload's own time stands."""
         self._check(path, creating=True)
         if size > CLIENT_MAX_FILE_BYTES:
             raise FsError(E.EFBIG)

@@ -103,6 +103,12 @@ class VFS:
         self._fh = itertools.count(1)
         self._timer = timer
         self.meta_hits = self.meta_misses = 0  # attribute lookups answered by / past the cache
+        # write-back: the port (``writeback.port.WriteBack``) asks the caches before the VM and
+        # tells them what its pushes left in the VM
+        self.write_back = getattr(remote, "pusher", None) is not None
+        if self.write_back:
+            remote.peek = self._peek
+            remote.landed = self._landed
 
     # == attributes ============================================================================
     async def lookup(self, parent: int, name: bytes) -> tuple[int, Attrs]:
@@ -404,9 +410,23 @@ class VFS:
             await self._push(handle.ino, handle.file)
 
     async def fsync(self, fh: int) -> None:
+        """Returns once the file's content (and, in write-back mode, every change recorded
+        before it, which includes the namespace changes it depends on) is in the VM."""
         handle = self._handles[fh]
         if handle.file.buffer is not None:
             await self._push(handle.ino, handle.file)
+        await self._drain()
+
+    async def fsyncdir(self, fh: int) -> None:
+        """Returns once the directory's entries are in the VM (write-through: already)."""
+        await self._drain()
+
+    async def _drain(self) -> list[tuple[str, str]]:
+        """Write-back: push everything recorded so far; (path, error) of what could not go."""
+        if not self.write_back:
+            return []
+        failed = await self.remote.pusher.drain(retry_failed=False)
+        return [(os.fsdecode(p), c.failed or "") for c in failed for p in _paths_of(c)]
 
     async def release(self, fh: int) -> int | None:
         """Close a handle. Returns the inode if what it shows changed (refused content was
@@ -433,6 +453,8 @@ class VFS:
                 await self._push(ino, file)
             except FsError as exc:
                 log.error("could not push inode %d: %s", ino, exc)
+        if self.write_back:
+            await self.remote.pusher.drain(retry_failed=True)
 
     async def shutdown(self) -> list[str]:
         """At unmount: push every dirty buffer; rescue what cannot be pushed. Returns all
@@ -450,6 +472,15 @@ class VFS:
                 log.error("could not push inode %d at unmount: %s", ino, exc)
                 async with file.lock:
                     self._drop_file(ino, file)
+        if self.write_back:  # what cannot go now stays in the journal for the next mount
+            try:
+                failed = await self.remote.pusher.drain(retry_failed=True)
+            except FsError as exc:
+                log.error("pending changes stay in the journal for the next mount: %s", exc)
+            else:
+                for change in failed:
+                    log.error("kept in the journal (the VM refused it: %s): %s %s", change.failed,
+                              change.op, " -> ".join(os.fsdecode(p) for p in _paths_of(change)))
         self.inodes.forget_all()
         return list(self.rescued)
 
@@ -459,19 +490,38 @@ class VFS:
         pushing (an upload in flight) or failed (the last upload failed; the data is kept and
         retried). Answered from memory: no call."""
         file = self._files.get(ino)
-        return "clean" if file is None else file.sync_state
+        if file is not None and file.sync_state != "clean":
+            return file.sync_state
+        if self.write_back and ino in self.inodes:
+            try:
+                state = self.remote.state_of(self.inodes.path(ino))
+            except FsError:
+                state = None
+            if state is not None:
+                return state
+        return "clean"
 
     def pending_summary(self) -> dict:
         """Files with changes not yet in the VM: how many, how many bytes, the oldest's age."""
         dirty = [f for f in self._files.values() if f.dirty]
         since = [f.dirty_since for f in dirty if f.dirty_since is not None]
-        return {
+        summary = {
             "files": len(dirty),
             "bytes": sum(f.buffer.size for f in dirty if f.buffer.dirty),
             "oldest_age_s": round(self._timer() - min(since), 1) if since else None,
             "pushing": sum(f.pushing for f in dirty),
             "failed": sum(f.sync_state == "failed" for f in dirty),
         }
+        if self.write_back:  # the journal's changes count too
+            journal = self.remote.journal.summary()
+            age = None if journal["oldest"] is None else round(time.time() - journal["oldest"], 1)
+            summary["files"] += journal["changes"]
+            summary["bytes"] += journal["bytes"]
+            summary["failed"] += journal["failed"]
+            summary["pushing"] += len(self.remote.pusher.in_flight)
+            if age is not None:
+                summary["oldest_age_s"] = max(age, summary["oldest_age_s"] or 0)
+        return summary
 
     def pending_paths(self) -> list[str]:
         """VM paths of the open files that still have something to push."""
@@ -482,6 +532,8 @@ class VFS:
                     paths.append(self.inodes.path(ino).decode("utf-8", "replace"))
                 except FsError:  # a directory above it is gone
                     pass
+        if self.write_back:
+            paths += [p for p in self.remote.pending_paths() if p not in paths]
         return paths
 
     def rescue_unsent(self) -> list[str]:
@@ -761,7 +813,7 @@ class VFS:
                 # a sync write replaces the inode: a file with hard links is rewritten in place
                 in_place = old is not None and old.nlink > 1
                 attrs = await self.remote.write_file(path, source, size, mode=None if follow_up else mode,
-                                                     in_place=in_place)
+                                                     in_place=in_place, base=old, mtime_ns=mtime_ns)
                 buffer.dirty = False
                 self.content.forget(path)
             while times is not None or pending_mode is not None:
@@ -782,6 +834,22 @@ class VFS:
                 self.content.put((path, attrs.size, attrs.mtime_ns), source)
             self._cache_all_names(ino, path, attrs)
             self.inodes.set_attrs(ino, attrs)
+
+    def _peek(self, path: bytes) -> tuple[bool, Attrs | None]:
+        """What the caches say of ``path`` without a call (for the write-back port)."""
+        attrs = self.cache.attrs(path)
+        if attrs is not None:
+            return True, attrs
+        return (True, None) if self.cache.is_absent(path) else (False, None)
+
+    def _landed(self, final: dict[bytes, Attrs | None], trimmed: list[bytes]) -> None:
+        """A push was acknowledged: paths that left the overlay show the VM's attrs now."""
+        for path in trimmed:
+            attrs = final.get(path)
+            if attrs is not None:
+                self.cache.added(path, attrs)
+            elif path in final:  # removed there, or a conflict left the VM's version
+                self.cache.invalidate(path)
 
     def _lost_a_link(self, ino: int) -> None:
         """``ino`` just lost a name (unlink, or a rename over it). Names it keeps (other hard
@@ -830,6 +898,12 @@ class VFS:
                     self.rescued.append(saved)
                     log.error("unsent data of %s saved to %s", path.decode("utf-8", "replace"), saved)
         file.buffer.close()
+
+
+def _paths_of(change) -> tuple[bytes, ...]:
+    from arkerfs.writeback.plan import paths_of
+
+    return paths_of(change)
 
 
 def _not_state_xattr(name: bytes) -> None:

@@ -199,7 +199,7 @@ class Operations(pyfuse3.Operations):
 
     @_boundary()
     async def fsyncdir(self, fh, datasync):
-        pass  # every directory change is already applied remotely when its call returns
+        await self.vfs.fsyncdir(fh)
 
     @_boundary()
     async def mkdir(self, parent_inode, name, mode, ctx):

@@ -102,7 +102,7 @@ class Journal:
             raise JournalError(f"the journal {directory} is in use by another arkerfs daemon "
                                "(is this VM mounted elsewhere?)") from None
         self._in_transaction = False
-        self._db = sqlite3.connect(directory / "journal.sqlite3", isolation_level=None)
+        self._db = sqlite3.connect(directory / "journal.sqlite3", isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
@@ -184,6 +184,10 @@ class Journal:
         rows = self._db.execute(sql + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
         return [Change(seq, op, json.loads(args), content, size, created, attempts, failed)
                 for seq, op, args, content, size, created, attempts, failed in rows]
+
+    def has_pushable(self) -> bool:
+        """Whether a change not marked failed is pending."""
+        return self._db.execute("SELECT 1 FROM changes WHERE failed IS NULL LIMIT 1").fetchone() is not None
 
     def content_path(self, change: Change) -> Path:
         assert change.content is not None, change

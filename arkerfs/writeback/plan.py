@@ -1,0 +1,205 @@
+"""Pending changes → one batch: the uploads and the one script that applies them. Pure.
+
+A batch is a prefix of the journal (oldest first), packed as
+
+- ``uploads``: every new content, each to its own staging name (``STAGING/wb-<spool name>``;
+  the same name on every attempt, so sending a batch again overwrites rather than piles up);
+- ``steps``: one fragment per surviving change, in the order applications made them, run as
+  one script that stops at the first failure (``batch.batch_script``).
+
+Coalescing, decided on the changes of the batch alone:
+
+- a create followed by a write of the same file: only the write goes (it creates the file);
+- two writes of a file with nothing else touching it in between: only the second goes;
+- a file created here and removed again before its push (with nothing renaming or linking it
+  in between): none of its changes go.
+
+Every skipped change travels with the step that makes it unnecessary, so it is acknowledged
+only together with that step (or at once when nothing needs to run for it).
+
+Records (``args``, JSON): paths as ``os.fsdecode`` strings; ``attrs`` as ``encode_attrs``;
+``base`` of a write or create is null (the file did not exist), ``"chain"`` (it follows an
+earlier pending change of the same file) or ``[ino, size, mtime_ns]`` (the VM's version the
+local change was made on).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from arkerfs.fs import batch as B
+from arkerfs.fs import shell as S
+from arkerfs.fs.model import Attrs
+from arkerfs.writeback.journal import Change
+
+CHAIN = "chain"
+MAX_STEPS = 1000  # fragments per run: keeps the script and its output well inside PROTOCOL.md §7.6
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # new content per batch
+
+
+def encode_attrs(attrs: Attrs) -> list:
+    target = None if attrs.symlink_target is None else os.fsdecode(attrs.symlink_target)
+    return [attrs.mode, attrs.size, attrs.nlink, attrs.uid, attrs.gid, attrs.atime_ns,
+            attrs.mtime_ns, attrs.ctime_ns, attrs.remote_ino, target]
+
+
+def decode_attrs(fields: list) -> Attrs:
+    *numbers, target = fields
+    return Attrs(*numbers, symlink_target=None if target is None else os.fsencode(target))
+
+
+def paths_of(change: Change) -> tuple[bytes, ...]:
+    a = change.args
+    if change.op == "rename":
+        return os.fsencode(a["old"]), os.fsencode(a["new"])
+    if change.op == "link":
+        return os.fsencode(a["existing"]), os.fsencode(a["new"])
+    return (os.fsencode(a["path"]),)
+
+
+@dataclass
+class Step:
+    fragment: S.Fragment
+    change: Change  # the change this fragment applies
+    covers: list[int] = field(default_factory=list)  # seqs of skipped changes it makes unnecessary
+
+    @property
+    def seqs(self) -> list[int]:
+        return [self.change.seq, *self.covers]
+
+
+@dataclass
+class Upload:
+    staged: bytes  # VM path
+    spool_name: str  # journal spool file
+    size: int
+
+
+@dataclass
+class Batch:
+    uploads: list[Upload]
+    steps: list[Step]
+    skipped: list[int]  # seqs that need nothing in the VM: acknowledge at once
+    last_seq: int  # the newest change this batch covers
+
+
+def staged_name(spool_name: str) -> bytes:
+    return S.STAGING + b"/wb-" + spool_name.encode()
+
+
+def take(changes: Sequence[Change]) -> list[Change]:
+    """The prefix that fits in one batch."""
+    taken, size = [], 0
+    for change in changes:
+        if taken and (len(taken) >= MAX_STEPS or size + change.size > MAX_UPLOAD_BYTES):
+            break
+        taken.append(change)
+        size += change.size
+    return taken
+
+
+def plan(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str) -> Batch:
+    """The batch applying ``changes`` (see the module doc). ``landed``: the VM version of files
+    this mount pushed before, for a write whose base is ``chain`` to an earlier batch."""
+    changes = list(changes)
+    touching: dict[bytes, list[int]] = {}
+    for i, change in enumerate(changes):
+        for path in paths_of(change):
+            touching.setdefault(path, []).append(i)
+    skipped: set[int] = set()
+    covered: dict[int, list[int]] = {}
+    inherited: dict[int, object] = {}  # index -> base taken over from a skipped change
+
+    def next_on(path: bytes, i: int) -> int | None:
+        later = [j for j in touching[path] if j > i and j not in skipped]
+        return later[0] if later else None
+
+    for i, change in enumerate(changes):
+        if i in skipped or change.op not in ("create", "write"):
+            continue
+        path = paths_of(change)[0]
+        j = next_on(path, i)
+        if j is not None and changes[j].op == "write":
+            skipped.add(i)
+            covered.setdefault(j, []).extend([change.seq, *covered.pop(i, [])])
+            inherited[j] = inherited.pop(i, change.args.get("base"))
+    # created here and removed again: nothing of it goes
+    for i, change in enumerate(changes):
+        if i in skipped or change.op not in ("create", "write", "symlink"):
+            continue
+        if change.op != "symlink" and inherited.get(i, change.args.get("base")) is not None:
+            continue  # it replaced a file the VM has: the unlink must go
+        path = paths_of(change)[0]
+        run = [i]
+        j = next_on(path, i)
+        while j is not None and changes[j].op == "setattr":
+            run.append(j)
+            j = next_on(path, j)
+        if j is not None and changes[j].op == "unlink":
+            run.append(j)
+            for k in run:
+                skipped.add(k)
+            for k in run:
+                skipped.update(_seq_index(changes, s) for s in covered.pop(k, []))
+
+    produced: set[bytes] = set()
+    uploads: list[Upload] = []
+    steps: list[Step] = []
+    for i, change in enumerate(changes):
+        if i in skipped:
+            continue
+        base = inherited.get(i, change.args.get("base"))
+        fragment = _fragment(change, base, produced, landed, stamp, uploads)
+        steps.append(Step(fragment, change, covered.get(i, [])))
+        for path in paths_of(change)[-1:]:
+            produced.add(path)
+    in_steps = {s for step in steps for s in step.seqs}
+    return Batch(uploads, steps, [c.seq for c in changes if c.seq not in in_steps],
+                 changes[-1].seq if changes else 0)
+
+
+def _seq_index(changes: list[Change], seq: int) -> int:
+    return next(i for i, c in enumerate(changes) if c.seq == seq)
+
+
+def _fragment(change: Change, base, produced: set[bytes], landed: dict[bytes, B.Version], stamp: str,
+              uploads: list[Upload]) -> S.Fragment:
+    a, op = change.args, change.op
+    if op in ("create", "write"):
+        path = os.fsencode(a["path"])
+        attrs = decode_attrs(a["attrs"])
+        check, version = True, None
+        if base == CHAIN:
+            version = None if path in produced else landed.get(path)
+            check = version is not None
+        elif base is not None:
+            version = B.Version(*base)
+        if op == "write" and change.content is not None and change.size > 0:
+            staged = staged_name(change.content)
+            uploads.append(Upload(staged, change.content, change.size))
+            empty = False
+        else:
+            staged = S.STAGING + b"/wb-" + str(change.seq).encode()
+            empty = True
+        return B.install(staged, path, mode=stat.S_IMODE(attrs.mode), mtime_ns=attrs.mtime_ns,
+                         atime_ns=attrs.atime_ns, base=version, check=check, stamp=stamp,
+                         size=0 if empty else change.size, empty=empty)
+    if op == "mkdir":
+        return B.mkdir(os.fsencode(a["path"]), a["mode"])
+    if op == "rmdir":
+        return B.rmdir(os.fsencode(a["path"]))
+    if op == "unlink":
+        return B.unlink(os.fsencode(a["path"]))
+    if op == "rename":
+        return B.rename(os.fsencode(a["old"]), os.fsencode(a["new"]), a.get("flags", 0))
+    if op == "symlink":
+        return B.symlink(os.fsencode(a["target"]), os.fsencode(a["path"]))
+    if op == "link":
+        return B.link(os.fsencode(a["existing"]), os.fsencode(a["new"]))
+    if op == "setattr":
+        return S.setattr(os.fsencode(a["path"]), mode=a.get("mode"), atime_ns=a.get("atime_ns"),
+                         mtime_ns=a.get("mtime_ns"))
+    raise ValueError(f"unknown journal operation {op!r}")
