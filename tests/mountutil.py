@@ -148,8 +148,11 @@ def log_problems(text: str, allowed: list[re.Pattern]) -> list[str]:
 
 
 @contextlib.contextmanager
-def mounted(server, *extra_args: str, vm_id: str | None = None, key_file: bool = False):
-    """Mount a fresh fork (or ``vm_id``) of the session server; see the module docstring."""
+def mounted(server, *extra_args: str, vm_id: str | None = None, key_file: bool = False,
+            state_home: str | None = None):
+    """Mount a fresh fork (or ``vm_id``) of the session server; see the module docstring.
+    ``state_home``: the XDG state directory (where write-back journals live), to share one
+    between mounts (default: the mount's own temporary directory)."""
     require_fuse()
     api = Api(server)
     vm_id = vm_id or api.fork()
@@ -157,7 +160,8 @@ def mounted(server, *extra_args: str, vm_id: str | None = None, key_file: bool =
     mnt = os.path.realpath(os.path.join(workdir, "mnt"))
     os.mkdir(mnt)
     log_path = os.path.join(workdir, "daemon.log")
-    env = {**os.environ, "XDG_RUNTIME_DIR": workdir, "XDG_CACHE_HOME": workdir}
+    env = {**os.environ, "XDG_RUNTIME_DIR": workdir, "XDG_CACHE_HOME": workdir,
+           "XDG_STATE_HOME": state_home or workdir}
     env.pop("ARKER_API_KEY", None)
     args = list(extra_args)
     if key_file:

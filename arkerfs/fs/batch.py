@@ -65,42 +65,39 @@ def batch_script(fragments: Sequence[S.Fragment]) -> str:
 def install(staged: bytes, path: bytes, *, mode: int, mtime_ns: int, atime_ns: int | None = None,
             base: Version | None, stamp: str, recovery: bytes = RECOVERY,
             home: bytes = S.HOME_B, check: bool = True, size: int | None = None,
-            empty: bool = False) -> S.Fragment:
+            later: Sequence[tuple[int, int]] = (), empty: bool = False) -> S.Fragment:
     """Move the uploaded ``staged`` file to ``path`` with ``mode`` and exact times, if ``path``
     is still ``base`` (None: still absent). ``stamp`` (e.g. a UTC time) names conflict copies.
 
     ``check=False`` installs whatever is there (the previous version is the mount's own, pushed
     earlier in the same batch). ``size`` makes a repeat harmless: when the target already is
     this very version (same size and nanosecond mtime: the batch ran before but its answer was
-    lost), the staged copy is dropped instead of making a conflict copy. ``empty``: the staged
+    lost), the staged copy is dropped instead of making a conflict copy; so it is when the target
+    is one of the ``later`` versions (size, mtime_ns) the same batch installs there after this
+    one. ``empty``: the staged
     file is created by the run itself (nothing to upload for an empty file)."""
     if not path.startswith(home + b"/"):
         raise ValueError("install targets live under the home")
     perm = stat.S_IMODE(mode)
     atime = S.touch_time(mtime_ns if atime_ns is None else atime_ns)
     expect = "" if base is None else base.printed()
-    conflict = path + b".conflict-" + stamp.encode()
+    conflict = conflict_name(path, stamp)
     recovered = recovery + b"/" + stamp.encode() + path[len(home):]
-    create = f"_t mkdir -p -- {S.quote(S.parent_of(staged))}; : > \"$s\" || exit 5\n" if empty else ""
-    mine = "" if size is None else f"{size}:{Version(0, size, mtime_ns).printed().split(':', 2)[2]}"
-    same = f'case $now in *:{mine}) rm -f -- "$s"; _st "$p"; exit 0;; esac\n' if mine else ""
-    compare = (f'if [ "$now" != {S.quote(expect.encode())} ]; then _t mv -f -T -- "$s" "$c"; printf "C\\0%s\\0" "$c"; exit 0; fi\n'
-               if check else "")
-    body = (
-        f"s={S.quote(staged)}; p={S.quote(path)}; c={S.quote(conflict)}; r={S.quote(recovered)}\n"
-        + create +
-        '[ -f "$s" ] || exit 5\n'
-        f"_t chmod {perm:05o} -- \"$s\"; _t touch -h -c -a -d {atime} -- \"$s\"; "
-        f"_t touch -h -c -m -d {S.touch_time(mtime_ns)} -- \"$s\"\n"
-        # the target's directory is gone: keep the local version under the recovery directory
-        f'if [ ! -d {S.quote(S.parent_of(path))} ]; then _t mkdir -p -- "${{r%/*}}"; _t mv -f -T -- "$s" "$r"\n'
-        '  printf "C\\0%s\\0" "$r"; exit 0; fi\n'
-        # what is there now, in the format of Version.printed ("" when absent)
-        'now=; _x "$p" && { [ -f "$p" ] && [ ! -L "$p" ] && now=$(find "$p" -maxdepth 0 -printf "%i:%s:%T@") || now=other; }\n'
-        + same + compare +
-        '_t mv -f -T -- "$s" "$p"; _st "$p"'
-    )
+    mine = " ".join(f"{z}:{Version(0, z, t).printed().split(':', 2)[2]}"
+                    for z, t in ([] if size is None else [(size, mtime_ns), *later]))
+    # the steps are the prelude's _inst (one copy per script, so a batch of hundreds stays small)
+    args = [S.quote(staged), S.quote(path), S.quote(conflict), S.quote(recovered), f"{perm:05o}", atime,
+            S.touch_time(mtime_ns), S.quote(expect.encode()) if check else "-", S.quote(mine.encode()) if mine else "-",
+            "1" if empty else "-"]
+    body = "_inst " + " ".join(args)
     return S.Fragment(body, _installed)
+
+
+def conflict_name(path: bytes, stamp: str) -> bytes:
+    """``NAME.conflict-<stamp>`` beside ``path``; a long NAME is shortened to keep 255 bytes."""
+    suffix = b".conflict-" + stamp.encode()
+    directory, _, name = path.rpartition(b"/")
+    return directory + b"/" + name[:255 - len(suffix)] + suffix
 
 
 def _installed(records: list[S.Record]) -> Installed:
@@ -133,7 +130,10 @@ def unlink(path: bytes) -> S.Fragment:
 
 
 def rename(old: bytes, new: bytes, flags: int = 0) -> S.Fragment:
-    return _guarded(f"_x {S.quote(old)} || {{ _x {S.quote(new)} && exit 0; }}", S.rename(old, new, flags))
+    """Of a file (directories are renamed at once, never batched): the prelude's ``_rnf``."""
+    if flags not in (0, S.RENAME_NOREPLACE):
+        raise ValueError(f"rename flags {flags} are never batched")
+    return S.Fragment(f"_rnf {S.quote(old)} {S.quote(new)} {1 if flags else 0}", S._nothing)
 
 
 def symlink(target: bytes, path: bytes) -> S.Fragment:

@@ -158,6 +158,24 @@ PRELUDE = "\n".join([
     '_t() { local m; m=$("$@" 2>&1 >/dev/null) && return 0; printf "%s\\n" "$m" >&2; case $m in '
     + " ".join(f'*": {text}") exit {code};;' for text, code in _STRERROR_EXIT)
     + " esac; exit 5; }",
+    # _inst S P C R MODE ATIME MTIME EXPECT MINE EMPTY: install staged S at P (fs.batch.install)
+    '_inst() { local s=$1 p=$2 c=$3 r=$4 now=; [ "${10}" = 1 ] && { _t mkdir -p -- "${s%/*}"; : > "$s" || exit 5; }'
+    '; [ -f "$s" ] || exit 5'
+    '; _t chmod "$5" -- "$s"; _t touch -h -c -a -d "$6" -- "$s"; _t touch -h -c -m -d "$7" -- "$s"'
+    # the target's directory is gone: keep the local version under the recovery directory
+    '; if [ ! -d "${p%/*}" ]; then _t mkdir -p -- "${r%/*}"; _t mv -f -T -- "$s" "$r"; printf "C\\0%s\\0" "$r"; exit 0; fi'
+    # what is there now, as Version.printed prints it ("" when absent)
+    '; _x "$p" && { [ -f "$p" ] && [ ! -L "$p" ] && now=$(find "$p" -maxdepth 0 -printf "%i:%s:%T@") || now=other; }'
+    # already this very version (a batch sent again): done
+    '; if [ "$9" != - ]; then for v in $9; do case $now in *:"$v") rm -f -- "$s"; _st "$p"; exit 0;; esac; done; fi'
+    '; if [ "$8" != - ] && [ "$now" != "$8" ]; then _t mv -f -T -- "$s" "$c"; printf "C\\0%s\\0" "$c"; exit 0; fi'
+    '; _t mv -f -T -- "$s" "$p"; _st "$p"; }',
+    # _rnf O N NOREPLACE: rename(2) of a non-directory, as ``rename`` checks it; done already
+    # (O gone, N there: a batch sent again) succeeds
+    '_rnf() { local o=$1 n=$2; _x "$o" || { _x "$n" && exit 0; _ne "$o"; }; _pd "${o%/*}"; _pd "${n%/*}"'
+    '; if _x "$n"; then [ "$3" = 1 ] && exit 17; set -- $(stat -c %d:%i -- "$o" "$n")'
+    '; [ -n "$2" ] && [ "$1" = "$2" ] && exit 0; [ -d "$n" ] && [ ! -L "$n" ] && exit 21'
+    '; [ -L "$o" ] && [ "$o" -ef "$n" ] && _t rm -f -- "$n"; fi; _t mv -f -T -- "$o" "$n"; }',
     # _py N CODE ARGS...: a python3 snippet, whose exit status is already an errno; N is the
     # errno for a VM without python3.
     '_py() { local n=$1; shift; command -v python3 >/dev/null || exit $n; python3 -I -S -c "$@" || exit $?; }',

@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-ttl", type=float, default=3.0, metavar="SECONDS",
                         help="how long metadata read from the VM is trusted (default 3)")
     parser.add_argument("--read-only", action="store_true", help="refuse every change (EROFS)")
+    writes = parser.add_mutually_exclusive_group()
+    writes.add_argument("--write-back", dest="write_back", action="store_true",
+                        help="close() returns once the data is in a local journal; changes are pushed to "
+                             "the VM in batches (see README, 'Write-back')")
+    writes.add_argument("--write-through", dest="write_back", action="store_false",
+                        help="every change is applied in the VM before its call returns (default)")
     parser.add_argument("--outage-timeout", type=float, default=60.0, metavar="SECONDS",
                         help="while the API cannot be reached, operations wait and retry this long "
                              "before failing with EIO (default 60; 0 fails at once)")
@@ -122,6 +128,7 @@ def build_config(args: argparse.Namespace):
         list_base_url=args.list_base_url,  # None: the SDK picks (arker.ai for a cloud region, else the base URL)
         cache_ttl=args.cache_ttl,
         read_only=args.read_only,
+        write_back=args.write_back and not args.read_only,
         outage_timeout=args.outage_timeout,
         run_timeout=args.run_timeout,
         connect_timeout=args.connect_timeout,

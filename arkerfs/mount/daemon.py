@@ -52,6 +52,7 @@ class MountConfig:
     list_base_url: str | None = None
     cache_ttl: float = 3.0
     read_only: bool = False
+    write_back: bool = False  # changes go to a journal under $XDG_STATE_HOME/arkerfs/<vm-id>/ first
     outage_timeout: float = 60.0  # see docs/RELIABILITY.md: wait this long for an unreachable API
     run_timeout: float = 60.0  # server-side bound of every run the mount issues
     connect_timeout: float = 30.0  # the whole of resolving + probing the VM before mounting
@@ -181,11 +182,14 @@ async def _serve(config: MountConfig, remote, probe, ready, report) -> runtime.M
 
     spool = runtime.private_dir(Path(config.spool_dir))
     owner = None if config.show_remote_owner else (os.getuid(), os.getgid())
+    root_attrs, entries = probe
+    journal = None
+    if config.write_back:
+        remote, journal = _write_back_port(remote, report.vm_id, root_attrs, ready)
     vfs = VFS(remote, HOME.encode(), str(spool),
               Options(cache_ttl=config.cache_ttl, read_only=config.read_only, owner=owner,
                       transform_symlinks=config.transform_symlinks))
     report.vfs = vfs
-    root_attrs, entries = probe
     vfs.cache.store_listing(HOME.encode(), root_attrs, entries, vfs.cache.generation)
     kernel_timeout = min(1.0, config.cache_ttl)
     # The handler deadline must outlast an outage wait (plus a reconciliation probe).
@@ -201,6 +205,8 @@ async def _serve(config: MountConfig, remote, probe, ready, report) -> runtime.M
         pyfuse3.init(ops, config.mountpoint, options)
     except RuntimeError as exc:
         ready(f"the kernel refused the mount: {exc}")
+        if journal is not None:
+            journal.close()
         raise MountError(str(exc)) from None
     runtime.clear_result(config.mountpoint)
     runtime.write_state(runtime.MountState(
@@ -217,6 +223,8 @@ async def _serve(config: MountConfig, remote, probe, ready, report) -> runtime.M
     # not fall back to the default action (death without a result).
     async with trio.open_nursery() as watching:
         watching.start_soon(_watch_signals, vfs, config.mountpoint, give_up, watching)
+        if journal is not None:  # pushes while serving and while draining; stops with the nursery
+            await watching.start(remote.pusher.run)
         try:
             with give_up.scope():  # giving up also cancels handlers still waiting on the API
                 await pyfuse3.main()
@@ -241,6 +249,8 @@ async def _serve(config: MountConfig, remote, probe, ready, report) -> runtime.M
                 log.exception("pushing pending writes at unmount failed")
                 clean = False
             pyfuse3.close(unmount=clean)
+            if journal is not None:
+                journal.close()  # what is left in it is pushed by the next mount of this VM
             result = runtime.MountResult(clean=clean, rescued=rescued)
             runtime.write_result(config.mountpoint, result)
             runtime.remove_state(config.mountpoint)
@@ -248,6 +258,22 @@ async def _serve(config: MountConfig, remote, probe, ready, report) -> runtime.M
             log.info("unmounted %s (clean=%s, rescued=%d)", config.mountpoint, clean, len(rescued))
             watching.cancel_scope.cancel()
     return result
+
+
+def _write_back_port(remote, vm_id: str, root_attrs, ready):
+    """The journal of this VM (replayed into the overlay) and the write-back port over ``remote``."""
+    from arkerfs.writeback.journal import Journal, JournalError
+    from arkerfs.writeback.port import WriteBack
+
+    try:
+        journal = Journal.for_vm(vm_id)
+    except (JournalError, OSError) as exc:
+        ready(f"cannot use the write-back journal: {exc}")
+        raise MountError(f"cannot use the write-back journal: {exc}") from None
+    for path in journal.rescued:
+        log.error("journal: content no change names (its close() never returned) kept in %s", path)
+    port = WriteBack(remote, journal, owner=(root_attrs.uid, root_attrs.gid))
+    return port, journal
 
 
 async def _watch_signals(vfs, mountpoint: str, give_up: GiveUp, nursery: trio.Nursery) -> None:

@@ -53,7 +53,7 @@ class MountReport:
             "vm": config.vm,
             "vm_id": self.vm_id,
             "server": config.base_url or "the default Arker host",
-            "mode": "read-only" if config.read_only else "write-through",
+            "mode": "read-only" if config.read_only else "write-back" if config.write_back else "write-through",
             "state": self.state,
             "pid": os.getpid(),
             "started_at": self._started_wall,
@@ -65,10 +65,20 @@ class MountReport:
             # No change watcher yet: a change made inside the VM shows up once its entry expires.
             "watcher": {"state": "off", "why": f"not in this version; freshness rests on the {config.cache_ttl:g} s cache TTL"},
             "pending": NOTHING_PENDING if vfs is None else vfs.pending_summary(),
-            "conflicts": None,  # not detected in write-through mode (a later write-back mode will)
+            "conflicts": _conflicts(vfs),
             "last_error": self.problems.last,
             "rescued": [] if vfs is None else list(vfs.rescued),
         }
+
+
+def _conflicts(vfs) -> dict | None:
+    """Write-back: files changed in the VM while the mount had a change of them pending (both
+    versions kept). None in write-through mode, which does not detect them yet."""
+    pusher = getattr(getattr(vfs, "remote", None), "pusher", None)
+    if pusher is None:
+        return None
+    return {"count": len(pusher.conflicts),
+            "recent": [{"path": c.path, "kept": c.kept, "at": c.when} for c in pusher.conflicts[-10:]]}
 
 
 def _rate(hits: int, misses: int) -> dict:

@@ -93,7 +93,11 @@ def render(s: dict) -> str:
     row("server", s["server"])
     row("pending", pending_line(s["pending"]))
     conflicts = s.get("conflicts")
-    row("conflicts", "not detected by this version (write-through)" if conflicts is None else str(conflicts))
+    if conflicts is None:
+        row("conflicts", "not detected in write-through mode")
+    else:
+        row("conflicts", str(conflicts["count"]) + "".join(
+            f"\n    {c['path']}: local version kept as {c['kept']}" for c in conflicts["recent"]))
     watcher = s["watcher"]
     row("watcher", f"{watcher['state']} ({watcher['why']})")
     api = s["api"]

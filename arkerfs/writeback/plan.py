@@ -38,6 +38,9 @@ from arkerfs.writeback.journal import Change
 CHAIN = "chain"
 MAX_STEPS = 1000  # fragments per run: keeps the script and its output well inside PROTOCOL.md §7.6
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # new content per batch
+# A run's command reaches the VM's shell as one argument (``bash -c``), which Linux caps at
+# 128 KiB (MAX_ARG_STRLEN): the script, prelude included, stays well under it.
+MAX_SCRIPT_BYTES = 100_000
 
 
 def encode_attrs(attrs: Attrs) -> list:
@@ -92,13 +95,23 @@ def staged_name(spool_name: str) -> bytes:
 
 def take(changes: Sequence[Change]) -> list[Change]:
     """The prefix that fits in one batch."""
-    taken, size = [], 0
+    taken, size, script = [], 0, len(S.PRELUDE)
     for change in changes:
-        if taken and (len(taken) >= MAX_STEPS or size + change.size > MAX_UPLOAD_BYTES):
+        text = _script_estimate(change)
+        if taken and (len(taken) >= MAX_STEPS or size + change.size > MAX_UPLOAD_BYTES
+                      or script + text > MAX_SCRIPT_BYTES):
             break
         taken.append(change)
         size += change.size
+        script += text
     return taken
+
+
+def _script_estimate(change: Change) -> int:
+    """An upper bound of the bytes ``change``'s fragment adds to the script."""
+    paths = sum(len(S.quote(p)) for p in paths_of(change))
+    return {"rename": 120, "create": 350, "write": 350, "link": 400, "symlink": 400, "mkdir": 350,
+            "rmdir": 400, "unlink": 350, "setattr": 250}.get(change.op, 1200) + 3 * paths
 
 
 def plan(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str) -> Batch:
@@ -152,7 +165,8 @@ def plan(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str) 
         if i in skipped:
             continue
         base = inherited.get(i, change.args.get("base"))
-        fragment = _fragment(change, base, produced, landed, stamp, uploads)
+        later = _later_versions(changes, i, skipped) if change.op in ("create", "write") else []
+        fragment = _fragment(change, base, produced, landed, stamp, uploads, later)
         steps.append(Step(fragment, change, covered.get(i, [])))
         for path in paths_of(change)[-1:]:
             produced.add(path)
@@ -161,12 +175,32 @@ def plan(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str) 
                  changes[-1].seq if changes else 0)
 
 
+def _later_versions(changes: list[Change], i: int, skipped: set[int]) -> list[tuple[int, int]]:
+    """(size, mtime_ns) of every version the changes after ``i`` give the same file by name:
+    its later installs and the times set on them. Finding one of these there means this batch
+    ran before (its answer was lost), not that the VM changed the file."""
+    path, size = paths_of(changes[i])[0], changes[i].size
+    found = []
+    for k in range(i + 1, len(changes)):
+        c = changes[k]
+        if k in skipped or path not in paths_of(c):
+            continue
+        if c.op in ("create", "write"):
+            size = c.size if c.op == "write" else 0
+            found.append((size, decode_attrs(c.args["attrs"]).mtime_ns))
+        elif c.op == "setattr" and c.args.get("mtime_ns") is not None:
+            found.append((size, c.args["mtime_ns"]))
+        elif c.op != "setattr":
+            break  # renamed, linked or removed: the name stops being this file's
+    return found
+
+
 def _seq_index(changes: list[Change], seq: int) -> int:
     return next(i for i, c in enumerate(changes) if c.seq == seq)
 
 
 def _fragment(change: Change, base, produced: set[bytes], landed: dict[bytes, B.Version], stamp: str,
-              uploads: list[Upload]) -> S.Fragment:
+              uploads: list[Upload], later: list[tuple[int, int]]) -> S.Fragment:
     a, op = change.args, change.op
     if op in ("create", "write"):
         path = os.fsencode(a["path"])
@@ -186,7 +220,7 @@ def _fragment(change: Change, base, produced: set[bytes], landed: dict[bytes, B.
             empty = True
         return B.install(staged, path, mode=stat.S_IMODE(attrs.mode), mtime_ns=attrs.mtime_ns,
                          atime_ns=attrs.atime_ns, base=version, check=check, stamp=stamp,
-                         size=0 if empty else change.size, empty=empty)
+                         size=0 if empty else change.size, later=later, empty=empty)
     if op == "mkdir":
         return B.mkdir(os.fsencode(a["path"]), a["mode"])
     if op == "rmdir":

@@ -129,8 +129,7 @@ class WriteBack:
         attrs = await self._attrs(path)
         if attrs.is_dir:
             raise FsError(errno.EISDIR)
-        if attrs.nlink > 1 and self.overlay.links_here(attrs) < attrs.nlink:
-            # a name the overlay does not hold would show the old link count until the push
+        if attrs.nlink > 1:  # its other names lose a link: see ``link``
             await self._barrier()
             return await self.remote.unlink(path)
         self._record("unlink", {"path": os.fsdecode(path)})
@@ -144,8 +143,8 @@ class WriteBack:
             return await self.remote.rename(old, new, flags)
         if replaced is not None and flags == RENAME_NOREPLACE:
             raise FsError(errno.EEXIST)
-        if replaced is not None and replaced.nlink > 1 and self.overlay.links_here(replaced) < replaced.nlink:
-            await self._barrier()  # as for unlink: the replaced file's other names lose a link
+        if moved.nlink > 1 or (replaced is not None and replaced.nlink > 1):
+            await self._barrier()  # see ``link``
             return await self.remote.rename(old, new, flags)
         attrs = replace(moved, ctime_ns=time.time_ns())
         self._record("rename", {"old": os.fsdecode(old), "new": os.fsdecode(new), "flags": flags,
@@ -160,15 +159,10 @@ class WriteBack:
         return attrs
 
     async def link(self, existing: bytes, new: bytes) -> Attrs:
-        attrs = await self._attrs(existing)
-        if attrs.is_dir:
-            raise FsError(errno.EPERM, "hard link to a directory")
-        if self._view(new)[1] is not None:
-            raise FsError(errno.EEXIST)
-        attrs = replace(attrs, nlink=attrs.nlink + 1, ctime_ns=time.time_ns())
-        self._record("link", {"existing": os.fsdecode(existing), "new": os.fsdecode(new),
-                              "attrs": P.encode_attrs(attrs)})
-        return attrs
+        # Hard links go through a barrier, and so does every later change of a file with more
+        # than one name: the overlay keeps one node per name and would show stale link counts.
+        await self._barrier()
+        return await self.remote.link(existing, new)
 
     async def create_empty(self, path: bytes, mode: int, *, exclusive: bool = True) -> Attrs:
         if self._view(path)[1] is not None:
@@ -189,6 +183,9 @@ class WriteBack:
             return await self.remote.setattr(path, mode=mode, uid=uid, gid=gid, size=size,
                                              atime_ns=atime_ns, mtime_ns=mtime_ns)
         attrs = await self._attrs(path)
+        if attrs.nlink > 1 and not attrs.is_dir:  # see ``link``
+            await self._barrier()
+            return await self.remote.setattr(path, mode=mode, atime_ns=atime_ns, mtime_ns=mtime_ns)
         if attrs.is_symlink:
             mode = None  # chmod never follows or changes a link
         now = time.time_ns()
@@ -208,8 +205,11 @@ class WriteBack:
         if in_place:  # every hard link must see the bytes: rewritten through its inode, now
             await self._barrier()
             return await self.remote.write_file(path, source, size, mode=mode, in_place=True)
-        stored = await trio.to_thread.run_sync(self._store, source, size)
         known, prior = self._view(path)
+        if prior is not None and prior.nlink > 1:  # see ``link``
+            await self._barrier()
+            return await self.remote.write_file(path, source, size, mode=mode, in_place=True)
+        stored = await trio.to_thread.run_sync(self._store, source, size)
         if path in self.overlay:
             recorded_base: Any = P.CHAIN
         elif base is not None and base.remote_ino < SYNTHETIC_INO and base.is_reg:
@@ -219,8 +219,10 @@ class WriteBack:
         now = time.time_ns()
         when = now if mtime_ns is None else mtime_ns
         perm = mode if mode is not None else (stat.S_IMODE(prior.mode) if prior is not None else 0o644)
+        # a new inode number: the install replaces the VM's file (and a later write must not take
+        # these attrs for the VM's version it was based on)
         attrs = Attrs(stat.S_IFREG | perm, size, prior.nlink if prior is not None else 1, *self.owner,
-                      when, when, now, prior.remote_ino if prior is not None else next(self._ino))
+                      when, when, now, next(self._ino))
         self._record("write", {"path": os.fsdecode(path), "attrs": P.encode_attrs(attrs), "base": recorded_base},
                      stored)
         self.journal.commit()

@@ -1,0 +1,166 @@
+"""Write-back mode through a real mount: what applications see, what reaches the VM, and the
+calls it costs (counted on the server from the start of a workload until everything pending
+is in the VM: an ``fsync`` in the mount waits for that).
+
+The in-process model (``tests/test_model_writeback.py``) checks the same code step by step;
+here the kernel, the pusher running as a service, the daemon's lifecycle and crashes are real.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tarfile
+import tempfile
+import time
+
+from tests.mountutil import mounted
+from tests.test_tools_apps import HOME, SIZE_FMT, TREE_FMT, run, tree_lines
+
+WRITE_BACK = ("--write-back", "--cache-ttl", "600")
+
+
+def make_tree(root: str, dirs: int = 10, files: int = 30) -> str:
+    """``dirs`` directories of ``files`` small files (varied modes, exact mtimes), 2 symlinks."""
+    for d in range(dirs):
+        os.makedirs(os.path.join(root, f"d{d}"))
+        for i in range(files):
+            path = os.path.join(root, f"d{d}", f"f{i}.txt")
+            with open(path, "wb") as f:
+                f.write(os.urandom(200 + 37 * i))
+            os.chmod(path, (0o644, 0o600, 0o755, 0o640)[i % 4])
+            os.utime(path, ns=(1_600_000_000_000_000_000, 1_500_000_000_123_456_789 + 1000 * d + i))
+        os.utime(os.path.join(root, f"d{d}"), ns=(1_600_000_000_000_000_000, 1_400_000_000_000_000_000 + d))
+    os.symlink("d0/f0.txt", os.path.join(root, "link-a"))
+    os.symlink("../d1", os.path.join(root, "d2", "link-b"))
+    os.utime(os.path.join(root, "d2"), ns=(1_600_000_000_000_000_000, 1_400_000_000_000_000_002))
+    return root
+
+
+def pushed(mnt: str) -> None:
+    """Wait until everything pending is in the VM (fsync of a file in the mount does)."""
+    fd = os.open(os.path.join(mnt, ".arkerfs-fsync-probe"), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(os.path.join(mnt, ".arkerfs-fsync-probe"))
+        fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def vm_tree(api, vm: str, top: str) -> tuple[list, list]:
+    return (tree_lines(api.sh(vm, f"find {HOME}/{top} -mindepth 1 -printf '{TREE_FMT}'")),
+            tree_lines(api.sh(vm, f"find {HOME}/{top} -type f -printf '{SIZE_FMT}'")))
+
+
+def local_tree(src: str) -> tuple[list, list]:
+    return (tree_lines(run("find", src, "-mindepth", "1", "-printf", TREE_FMT)),
+            tree_lines(run("find", src, "-type", "f", "-printf", SIZE_FMT)))
+
+
+def calls(control) -> int:
+    return sum(control.nonzero_calls().values())
+
+
+def test_rsync_of_300_files_costs_a_few_batches(server, api, control, tmp_path):
+    src = make_tree(str(tmp_path / "src"))
+    with mounted(server, *WRITE_BACK) as m:
+        control.reset_stats()
+        run("rsync", "-a", f"{src}/", m.p("dst/"))
+        pushed(m.path)
+        first = control.nonzero_calls()
+        assert sum(first.values()) <= 20, first
+        assert vm_tree(api, m.vm_id, "dst") == local_tree(src)
+        assert run("rsync", "-a", "--checksum", "--dry-run", "--itemize-changes", f"{src}/", m.p("dst/")) == ""
+        control.reset_stats()
+        run("rsync", "-a", f"{src}/", m.p("dst/"))
+        pushed(m.path)
+        again = control.nonzero_calls()
+        assert sum(again.values()) <= 3, again
+
+
+def test_tar_x_of_1000_files_costs_a_few_batches(server, api, control, tmp_path):
+    src = tmp_path / "src"
+    make_tree(str(src), dirs=20, files=50)
+    archive = str(tmp_path / "t.tar")
+    with tarfile.open(archive, "w") as tar:
+        tar.add(str(src), arcname="x")
+    with mounted(server, *WRITE_BACK) as m:
+        control.reset_stats()
+        run("tar", "-xf", archive, "-C", m.path)
+        pushed(m.path)
+        cost = control.nonzero_calls()
+        assert sum(cost.values()) <= 20, cost
+        assert vm_tree(api, m.vm_id, "x") == local_tree(str(src))
+
+
+def test_cp_r_of_300_files_costs_a_few_batches(server, api, control, tmp_path):
+    src = make_tree(str(tmp_path / "src"))
+    with mounted(server, *WRITE_BACK) as m:
+        control.reset_stats()
+        run("cp", "-r", src, m.p("copy"))
+        pushed(m.path)
+        cost = control.nonzero_calls()
+        assert sum(cost.values()) <= 15, cost
+        assert vm_tree(api, m.vm_id, "copy")[1] == local_tree(src)[1]
+
+
+def test_the_mount_shows_its_pending_changes_until_pushed_and_after(server, api, control, tmp_path):
+    with mounted(server, "--write-back", "--cache-ttl", "1") as m:
+        control.stall_runs(3000) if hasattr(control, "stall_runs") else None
+        os.mkdir(m.p("d"))
+        with open(m.p("d/a"), "wb") as f:
+            f.write(b"hello")
+        os.rename(m.p("d/a"), m.p("d/b"))
+        time.sleep(1.5)  # every cache entry has expired; the overlay still shows the changes
+        assert os.listdir(m.p("d")) == ["b"]
+        with open(m.p("d/b"), "rb") as f:
+            assert f.read() == b"hello"
+        pushed(m.path)
+        assert api.sh(m.vm_id, f"cat {HOME}/d/b") == "hello"
+        assert api.sh(m.vm_id, f"ls -A {HOME}/d") == "b\n"
+
+
+def test_a_change_made_in_the_vm_meanwhile_is_never_overwritten(server, api, control, tmp_path):
+    vm = api.fork()
+    api.sh(vm, f"printf 'line-1\\n' > {HOME}/notes.txt")
+    with mounted(server, "--write-back", "--cache-ttl", "600", vm_id=vm) as m:
+        m.allow_log("conflict")
+        with open(m.p("notes.txt"), "rb") as f:
+            assert f.read() == b"line-1\n"
+        # the VM changes the file after the mount read it, before the mount's change is pushed
+        api.sh(vm, f"printf 'vm-line-2\\n' >> {HOME}/notes.txt")
+        with open(m.p("notes.txt"), "ab") as f:
+            f.write(b"local-line-2\n")
+        pushed(m.path)
+        assert api.sh(vm, f"cat {HOME}/notes.txt") == "line-1\nvm-line-2\n"
+        copies = api.sh(vm, f"ls {HOME} | grep '^notes.txt.conflict-' || true").split()
+        assert len(copies) == 1, copies
+        assert api.sh(vm, f"cat {HOME}/{copies[0]}") == "line-1\nlocal-line-2\n"
+
+
+def test_kill_9_after_close_loses_nothing(server, api, tmp_path):
+    """close() returned: the data is in the journal; a daemon killed before pushing it pushes it
+    at the next mount of the same VM, before that mount serves."""
+    vm = api.fork()
+    state = tempfile.mkdtemp(prefix="arkerfs-state-")
+    src = make_tree(str(tmp_path / "src"), dirs=3, files=20)
+    with mounted(server, "--write-back", vm_id=vm, state_home=state) as m:
+        m.allow_log(".")
+        os.kill(m.proc.pid, signal.SIGSTOP)  # the pusher cannot run: everything stays pending
+        try:
+            copier = subprocess.Popen(["cp", "-a", src, m.p("copy")])
+            time.sleep(0.1)
+        finally:
+            os.kill(m.proc.pid, signal.SIGCONT)
+        copier.wait(60)
+        os.kill(m.proc.pid, signal.SIGKILL)
+        m.expect_exit = None
+    with mounted(server, "--write-back", vm_id=vm, state_home=state) as m:
+        pushed(m.path)
+        assert vm_tree(api, vm, "copy") == local_tree(src)
