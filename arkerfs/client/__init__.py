@@ -21,6 +21,7 @@ have subclasses (``NotFoundError``, ``VmBusyError``, ...). See docs/SDK.md for t
 """
 
 from arkerfs.client.arker import VM, Arker
+from arkerfs.client.batchwrite import WriteFilesError
 from arkerfs.client.errors import (
     ArkerError,
     BadRequestError,
@@ -58,4 +59,5 @@ __all__ = [
     "VmBusyError",
     "VmList",
     "VmSummary",
+    "WriteFilesError",
 ]

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import BinaryIO
 from urllib.parse import quote
 
@@ -349,6 +349,21 @@ class Sync:
             await self._write_inline(path, await source.read_all())
         else:
             await self._write_presigned(path, source)
+
+    async def write_files(self, entries: Iterable[tuple[str, WriteData]] | Mapping[str, WriteData],
+                          *, parallel: int = 4) -> None:
+        """Write many files in few round trips: ``entries`` are ``(path, data)`` pairs (or a
+        path → data mapping), ``data`` as for ``write_file``.
+
+        Files of at most 4 MiB are packed several per request; larger ones are uploaded
+        presigned, ``parallel`` at once. Every file is attempted; if any did not land, raises
+        ``WriteFilesError`` whose ``failed`` maps each such path to its ``ArkerError`` and whose
+        ``written`` lists the paths that landed. A path given twice is a ``ValueError`` (nothing
+        is sent).
+        """
+        from arkerfs.client.batchwrite import BatchWriter  # it builds on this module
+
+        await BatchWriter(self, self._transport, self._route, parallel).write(entries)
 
     async def _write_inline(self, path: str, data: bytes) -> None:
         entry = {
