@@ -424,8 +424,10 @@ class VFS:
         self.inodes.closed(handle.ino)
         return stale
 
-    async def push_all(self) -> None:
-        """Push every dirty buffer now (before an unmount); failures stay dirty and are logged."""
+    async def push_all(self) -> list[tuple[str, str]]:
+        """Push every dirty buffer now (before an unmount, for ``arkerfs sync``); failures stay
+        dirty and are logged. Returns (VM path, error text) for each file that could not be pushed."""
+        failed = []
         for ino, file in list(self._files.items()):
             if file.buffer is not None and file.buffer.refused is not None:
                 continue  # its writer got EFBIG; the content goes with its last handle
@@ -433,6 +435,14 @@ class VFS:
                 await self._push(ino, file)
             except FsError as exc:
                 log.error("could not push inode %d: %s", ino, exc)
+                failed.append((self._path_for_report(ino), str(exc)))
+        return failed
+
+    def _path_for_report(self, ino: int) -> str:
+        try:
+            return self.inodes.path(ino).decode("utf-8", "replace")
+        except FsError:  # a directory above it is gone
+            return f"(inode {ino}, no longer reachable by name)"
 
     async def shutdown(self) -> list[str]:
         """At unmount: push every dirty buffer; rescue what cannot be pushed. Returns all
