@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "mount": ("arkerfs.mount.command", "mount a VM's /home/user"),
     "umount": ("arkerfs.mount.umount", "push pending writes and unmount"),
     "status": ("arkerfs.mount.statuscmd", "show what each live mount is doing (no API call)"),
+    "sync": ("arkerfs.mount.synccmd", "wait until everything pending is in the VM"),
     "demo": ("arkerfs.demo", "try arkerfs against the embedded local server"),
     "vms": ("arkerfs.vmcommands:vms", "list your VMs"),
     "fork": ("arkerfs.vmcommands:fork", "copy a VM (or a template) into a new VM"),

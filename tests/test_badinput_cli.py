@@ -19,6 +19,7 @@ import time
 
 import pytest
 
+from arkerfs import exitcodes
 from arkerfs.client import Arker, ArkerError, RetryPolicy
 from arkerfs.client.transport import MAX_API_RESPONSE
 from arkerfs.mount import runtime
@@ -148,7 +149,7 @@ def mount_cmd(workdir: str, url: str, vm: str, *extra: str, key: str = KEY,
 
 
 def assert_clean_failure(workdir: str, done: subprocess.CompletedProcess, *needles: str, key: str = KEY) -> str:
-    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert done.returncode == exitcodes.MOUNT_FAILED, (done.returncode, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("arkerfs mount: "), done.stderr
     for needle in needles:

@@ -115,7 +115,7 @@ def _state(env: dict, mnt: str) -> runtime.MountState:
 def test_unknown_options_are_refused(server, fs, options, needle):
     vm, mnt, key_file, env = fs
     done = mount8("-t", "fuse.arkerfs", vm, mnt, "-o", f"api_key_file={key_file},{options}", env=env)
-    assert done.returncode == exitcodes.USAGE, (done.returncode, done.stderr)
+    assert done.returncode == exitcodes.MOUNT8_USAGE, (done.returncode, done.stderr)  # mount(8)'s "incorrect invocation"
     assert needle in done.stderr
     assert runtime.mount_entry(mnt) is None
 
@@ -134,6 +134,6 @@ def test_mount_failure_is_reported_by_mount8(server, fs):
     _, mnt, key_file, env = fs
     done = mount8("-t", "fuse.arkerfs", "no-such-vm", mnt, "-o", f"api_key_file={key_file},base_url={server.base_url}",
                   env=env)
-    assert done.returncode != 0
+    assert done.returncode == exitcodes.MOUNT8_FAILURE, (done.returncode, done.stderr)  # mount(8)'s "mount failure"
     assert "no VM is named 'no-such-vm'" in done.stderr
     assert runtime.mount_entry(mnt) is None

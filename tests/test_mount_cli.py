@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from arkerfs import exitcodes
 from arkerfs.mount import runtime
 from tests.mountutil import daemon_command, log_problems, mounted, teardown, wait_for_mount
 
@@ -38,7 +39,7 @@ def free_port() -> int:
 
 
 def assert_one_line_failure(done: subprocess.CompletedProcess, *needles: str) -> None:
-    assert done.returncode != 0
+    assert done.returncode == exitcodes.MOUNT_FAILED, (done.returncode, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("arkerfs mount: ")
@@ -135,7 +136,7 @@ def test_umount_reports_data_it_could_not_push(server, api, control, workdir):
     control.set_faults(fail_rate=1.0)
     done = arkerfs("umount", mnt, env=env)
     control.clear_faults()
-    assert done.returncode == 1
+    assert done.returncode == exitcodes.PENDING
     assert "could not be pushed" in done.stderr and "data kept in: " in done.stderr
     rescue = done.stderr.strip().split("data kept in: ")[1]
     with open(rescue) as saved:

@@ -444,8 +444,10 @@ class VFS:
         self.inodes.closed(handle.ino)
         return stale
 
-    async def push_all(self) -> None:
-        """Push every dirty buffer now (before an unmount); failures stay dirty and are logged."""
+    async def push_all(self) -> list[tuple[str, str]]:
+        """Push every dirty buffer now (before an unmount, for ``arkerfs sync``); failures stay
+        dirty and are logged. Returns (VM path, error text) for each file that could not be pushed."""
+        failed = []
         for ino, file in list(self._files.items()):
             if file.buffer is not None and file.buffer.refused is not None:
                 continue  # its writer got EFBIG; the content goes with its last handle
@@ -453,8 +455,21 @@ class VFS:
                 await self._push(ino, file)
             except FsError as exc:
                 log.error("could not push inode %d: %s", ino, exc)
-        if self.write_back:
-            await self.remote.pusher.drain(retry_failed=True)
+                failed.append((self._path_for_report(ino), str(exc)))
+        if self.write_back:  # `arkerfs sync` and unmount: changes marked failed get another try
+            try:
+                refused = await self.remote.pusher.drain(retry_failed=True)
+            except FsError as exc:
+                failed += [(path, str(exc)) for path in self.remote.pending_paths()]
+            else:
+                failed += [(os.fsdecode(p), c.failed or "") for c in refused for p in _paths_of(c)[-1:]]
+        return failed
+
+    def _path_for_report(self, ino: int) -> str:
+        try:
+            return self.inodes.path(ino).decode("utf-8", "replace")
+        except FsError:  # a directory above it is gone
+            return f"(inode {ino}, no longer reachable by name)"
 
     async def shutdown(self) -> list[str]:
         """At unmount: push every dirty buffer; rescue what cannot be pushed. Returns all

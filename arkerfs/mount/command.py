@@ -2,7 +2,8 @@
 
 Local checks (mountpoint, key file) run first and fail with one line on stderr. Without
 ``--foreground`` the process forks: the child becomes the daemon and reports over a pipe, and the
-parent exits 0 only once the mount is live, or prints the daemon's one-line reason and exits 1.
+parent exits 0 only once the mount is live, or prints the daemon's one-line reason and exits 6
+(``exitcodes.MOUNT_FAILED``; a foreground daemon that ends with rescue files exits 7).
 The API key comes from ``--api-key-file`` (which must not be readable by group or others) or
 ``ARKER_API_KEY``; it never appears in argv, the process title, the log, or the environment of
 any process (a command started with ``ARKER_API_KEY`` re-execs itself without it: see keypass.py).
@@ -19,9 +20,9 @@ import os
 import stat
 import sys
 
+from arkerfs import exitcodes
 from arkerfs.connopts import ConnectionOptionsError, read_key_file
 
-EXIT_FAILED = 1
 MAX_REASON_CHARS = 500  # a failure reason is one line of at most this many characters
 
 
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         config = build_config(args)
     except CommandError as exc:
         print(f"arkerfs mount: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exitcodes.MOUNT_FAILED
     level = "debug" if args.debug else args.log_level
     note = leftovers.collect(config.spool_dir)  # what a crashed daemon left in this spool
     if note:
@@ -204,7 +205,7 @@ def _detach(config, log_level: str) -> int:
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         os.close(devnull)
-        code = EXIT_FAILED
+        code = exitcodes.MOUNT_FAILED
         try:
             code = _run_daemon(config, log_level, ready_fd=write_end)
         finally:
@@ -214,11 +215,11 @@ def _detach(config, log_level: str) -> int:
         message = pipe.read().decode(errors="replace").strip()
     if message == "ok":
         print(f"arkerfs: mounted {config.vm} at {config.mountpoint} (log: {config.log_file})")
-        return 0
+        return exitcodes.OK
     os.waitpid(pid, 0)
     reason = message.removeprefix("error: ") or f"the daemon exited before the mount was ready (log: {config.log_file})"
     print(f"arkerfs mount: {reason}", file=sys.stderr)
-    return EXIT_FAILED
+    return exitcodes.MOUNT_FAILED
 
 
 def _run_daemon(config, log_level: str, *, ready_fd: int | None) -> int:
@@ -244,10 +245,12 @@ def _run_daemon(config, log_level: str, *, ready_fd: int | None) -> int:
     try:
         result = trio.run(run_mount, config, ready)
     except MountError:
-        return EXIT_FAILED
+        return exitcodes.MOUNT_FAILED
     except Exception as exc:
         logging.getLogger("arkerfs.mount").exception("the mount daemon failed")
         if not reported:
             ready(f"the mount daemon failed: {exc!r}")
-        return EXIT_FAILED
-    return 0 if result.clean and not result.rescued else EXIT_FAILED
+        return exitcodes.MOUNT_FAILED
+    if result.rescued:
+        return exitcodes.PENDING
+    return exitcodes.OK if result.clean else exitcodes.FAILED

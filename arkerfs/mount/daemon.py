@@ -87,6 +87,7 @@ async def run_mount(config: MountConfig, ready: Callable[[str | None], None]) ->
             try:
                 # the status socket outlives the kernel mount: it reports the drain at unmount
                 await services.start(lambda task_status: serve_status(config.mountpoint, report.snapshot,
+                                                                      sync=lambda: report.vfs.push_all(),
                                                                       task_status=task_status))
                 result = await _serve(config, remote, probe, ready, report)
             except MountError as exc:

@@ -7,8 +7,12 @@
 mount(8) calls ``/sbin/mount.fuse.arkerfs VM MOUNTPOINT [-s] [-f] [-n] [-v] [-o OPTIONS]``
 (``make setup`` links it there). Each ``-o`` option maps onto an ``arkerfs mount`` option (table
 below); options for mount(8) or systemd alone are accepted and dropped; the kernel's and FUSE's
-own options are passed through ``-o``. Anything else is refused (exit 2) unless ``-s`` (sloppy)
-asks to ignore it. The mount is detached: the helper returns once it is live, like sshfs.
+own options are passed through ``-o``. Anything else is refused unless ``-s`` (sloppy) asks to
+ignore it. The mount is detached: the helper returns once it is live, like sshfs.
+
+Exit status, in mount(8)'s terms since mount(8) passes it through (mount(8), "EXIT STATUS"; see
+arkerfs/exitcodes.py): 0 mounted (or ``-f`` checked), 1 incorrect invocation (an unknown or
+valueless option, bad arguments), 32 the mount could not be made, 8 interrupted.
 """
 
 from __future__ import annotations
@@ -97,7 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return exitcodes.for_mount8(_mount(argv))
+
+
+def _mount(argv: list[str] | None) -> int:
+    """Mount; returns an ``arkerfs`` exit status (``main`` turns it into mount(8)'s)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else exitcodes.USAGE
     try:
         mount_args, ignored = translate(split_options(args.options), sloppy=args.sloppy)
     except UnknownOption as exc:
@@ -112,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.OK
     from arkerfs.cli import main as arkerfs
 
-    return arkerfs(argv)
+    try:
+        return arkerfs(argv)
+    except SystemExit as exc:  # argparse refused a translated value (e.g. cache_ttl=abc)
+        return exc.code if isinstance(exc.code, int) else exitcodes.USAGE
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Pending pushes draining, shown while a command waits on a daemon (umount, status --watch).
+"""Pending pushes draining, shown while a command waits on a daemon (``umount``, ``sync``); the
+one-line summary of pending pushes (``pending_line``) is also ``status``'s (and ``--watch``'s).
 
 On a terminal: a tqdm bar of files pushed out of the most seen pending. Otherwise: a plain line
 whenever the pending count changes, at most every ``PLAIN_EVERY`` seconds, so logs stay short
@@ -65,16 +66,36 @@ class DrainProgress:
             self._bar = None
 
 
-def follow(snapshot: Callable[[], dict | None], done: Callable[[], bool], label: str,
-           interval: float = 0.5, stream=None) -> None:
-    """Show ``snapshot()["pending"]`` until ``done()``; a None snapshot (daemon gone) ends it."""
+def follow(snapshot: Callable[[], dict | None], done: Callable[[], bool], label: str, *,
+           look_every: float = 0.5, check_every: float = 0.05, first_look: float = 0.5,
+           stream=None) -> None:
+    """Wait until ``done()`` (checked every ``check_every`` s), showing ``snapshot()["pending"]``
+    every ``look_every`` s from ``first_look`` s on (a quick wait shows nothing). A None snapshot
+    (the daemon cannot say: it is unmounting, say) is skipped."""
     progress = DrainProgress(label, stream)
+    next_look = time.monotonic() + first_look
     try:
         while not done():
-            answer = snapshot()
-            if answer is None:
-                return
-            progress.update(answer["pending"])
-            time.sleep(interval)
+            now = time.monotonic()
+            if now >= next_look:
+                next_look = now + look_every
+                answer = snapshot()
+                if answer is not None:
+                    progress.update(answer["pending"])
+            time.sleep(check_every)
     finally:
         progress.close()
+
+
+def pending_of(mountpoint: str) -> Callable[[], dict | None]:
+    """A ``snapshot`` for ``follow``: the status of the daemon of ``mountpoint``, None if it does
+    not answer within a second."""
+    from arkerfs.mount.status import StatusUnavailable, query
+
+    def snapshot() -> dict | None:
+        try:
+            return query(mountpoint, timeout=1.0)
+        except StatusUnavailable:
+            return None
+
+    return snapshot

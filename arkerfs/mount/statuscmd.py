@@ -15,9 +15,10 @@ import os
 import sys
 import time
 
+from arkerfs import exitcodes
 from arkerfs.mount.progress import human_bytes, pending_line
 
-EXIT_FAILED = 1
+EXIT_FAILED = exitcodes.FAILED
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,14 +4,15 @@ Never touches the mounted tree (a stat there would wait on an API that may not a
 mount point is found in the mount table and the daemon through its state file (pid + cmdline, so
 a reused pid is never signalled). SIGTERM makes the daemon push pending writes, unmount and
 exit; we wait up to ``--timeout`` and report from the result file it leaves. On timeout we say
-which files it is still pushing and exit 1, leaving the mount alone — unless ``--force``:
+which files it is still pushing and exit 7, leaving the mount alone — unless ``--force``:
 then the mount is detached at once (``fusermount3 -u -z``), the daemon is told to give up
 (SIGUSR2: it saves every unsent buffer to a rescue file and exits) and, if it has not exited
 ``GIVE_UP_WAIT`` s later, killed; what it left in its spool becomes rescue files too
 (arkerfs/mount/leftovers.py). A mount whose daemon is gone (ENOTCONN) is cleaned the same way.
 
-Exit status: 0 unmounted with everything pushed; 1 otherwise, with the reason on stderr (and the
-paths of rescue files holding data that could not be pushed).
+Exit status (arkerfs/exitcodes.py): 0 unmounted with everything pushed; 7 data left pending (kept
+in rescue files, named on stderr; still pushing at ``--timeout``; or lost to ``--force``); 1 any
+other failure (not mounted, still busy, no report from the daemon), with the reason on stderr.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import signal
 import sys
 import time
 
-EXIT_FAILED = 1
+from arkerfs import exitcodes
+
 GIVE_UP_WAIT = 10.0  # seconds a forced daemon gets to save its buffers before SIGKILL
 
 
@@ -39,13 +41,13 @@ def run(args: argparse.Namespace) -> int:
     from arkerfs.mount import runtime
 
     mountpoint = runtime.resolve_mountpoint(args.mountpoint)
-    ok, message = unmount(mountpoint, timeout=args.timeout, force=args.force)
-    print(f"arkerfs umount: {message}", file=sys.stdout if ok else sys.stderr)
-    return 0 if ok else EXIT_FAILED
+    code, message = unmount(mountpoint, timeout=args.timeout, force=args.force)
+    print(f"arkerfs umount: {message}", file=sys.stdout if code == exitcodes.OK else sys.stderr)
+    return code
 
 
-def unmount(mountpoint: str, *, timeout: float = 900.0, force: bool = False) -> tuple[bool, str]:
-    """Returns (success, message: one line, plus one about crash leftovers if any)."""
+def unmount(mountpoint: str, *, timeout: float = 900.0, force: bool = False) -> tuple[int, str]:
+    """Returns (exit status, message: one line, plus one about crash leftovers if any)."""
     from arkerfs.mount import runtime
 
     state = runtime.read_state(mountpoint)
@@ -54,20 +56,20 @@ def unmount(mountpoint: str, *, timeout: float = 900.0, force: bool = False) -> 
         return _stop_daemon(mountpoint, state, timeout, force)
     if entry is None:
         runtime.remove_state(mountpoint)
-        return False, f"{mountpoint} is not mounted"
+        return exitcodes.FAILED, f"{mountpoint} is not mounted"
     if entry[1] != "fuse.arkerfs":
-        return False, f"{mountpoint} is not an arkerfs mount ({entry[1]})"
+        return exitcodes.FAILED, f"{mountpoint} is not an arkerfs mount ({entry[1]})"
     done = runtime.lazy_unmount(mountpoint)
     runtime.remove_state(mountpoint)
     runtime.clear_pending(mountpoint)
     note = _leftovers(state, mountpoint)
     if done.returncode != 0:
-        return False, f"the daemon is gone and fusermount3 -u -z failed: {done.stderr.strip()}" + note
-    return True, (f"the daemon was not running; removed the stale mount at {mountpoint} "
+        return exitcodes.FAILED, f"the daemon is gone and fusermount3 -u -z failed: {done.stderr.strip()}" + note
+    return exitcodes.OK, (f"the daemon was not running; removed the stale mount at {mountpoint} "
                   "(writes not pushed before it died are lost)") + note
 
 
-def _stop_daemon(mountpoint: str, state, timeout: float, force: bool) -> tuple[bool, str]:
+def _stop_daemon(mountpoint: str, state, timeout: float, force: bool) -> tuple[int, str]:
     from arkerfs.mount import runtime
 
     os.kill(state.pid, signal.SIGTERM)
@@ -76,14 +78,15 @@ def _stop_daemon(mountpoint: str, state, timeout: float, force: bool) -> tuple[b
         waiting = (f"{len(pending)} file(s) not pushed yet: {', '.join(pending)}" if pending
                    else "it has not finished unmounting")
         if not force:
-            return False, (f"the daemon (pid {state.pid}) is still pushing after {timeout:g} s: {waiting}; "
+            code = exitcodes.PENDING if pending else exitcodes.FAILED
+            return code, (f"the daemon (pid {state.pid}) is still pushing after {timeout:g} s: {waiting}; "
                            f"log: {state.log_file}; to give up and keep unsent data in rescue files: "
                            f"arkerfs umount --force {mountpoint}")
         return _force(mountpoint, state, waiting)
     return _report(mountpoint, state, runtime.take_result(mountpoint))
 
 
-def _force(mountpoint: str, state, waiting: str) -> tuple[bool, str]:
+def _force(mountpoint: str, state, waiting: str) -> tuple[int, str]:
     from arkerfs.mount import runtime
 
     detached = runtime.lazy_unmount(mountpoint)  # new accesses no longer reach the daemon
@@ -97,55 +100,46 @@ def _force(mountpoint: str, state, waiting: str) -> tuple[bool, str]:
     result = runtime.take_result(mountpoint)
     note = _leftovers(state, mountpoint)
     if runtime.mount_entry(mountpoint) is not None:
-        return False, f"forced: {mountpoint} is still mounted (fusermount3 -u -z: {detached.stderr.strip()})" + note
+        return exitcodes.FAILED, f"forced: {mountpoint} is still mounted (fusermount3 -u -z: {detached.stderr.strip()})" + note
     if killed or result is None:
-        return False, (f"forced: detached {mountpoint} and killed the daemon (pid {state.pid}) while {waiting}; "
+        return exitcodes.PENDING, (f"forced: detached {mountpoint} and killed the daemon (pid {state.pid}) while {waiting}; "
                        f"data it held in memory is lost; log: {state.log_file}") + note
-    ok, message = _report(mountpoint, state, result)
-    return False, f"forced: {message}"
+    code, message = _report(mountpoint, state, result)
+    return (exitcodes.FAILED if code == exitcodes.OK else code), f"forced: {message}"
 
 
-def _report(mountpoint: str, state, result) -> tuple[bool, str]:
+def _report(mountpoint: str, state, result) -> tuple[int, str]:
     from arkerfs.mount import runtime
 
     if runtime.mount_entry(mountpoint) is not None:
-        return False, f"{mountpoint} is still mounted (busy?); log: {state.log_file}"
+        return exitcodes.FAILED, f"{mountpoint} is still mounted (busy?); log: {state.log_file}"
     if result is None:
-        return False, f"the daemon exited without reporting; log: {state.log_file}"
+        return exitcodes.FAILED, f"the daemon exited without reporting; log: {state.log_file}"
     if result.rescued:
         paths = ", ".join(result.rescued)
-        return False, f"unmounted, but {len(result.rescued)} file(s) could not be pushed; data kept in: {paths}"
+        return exitcodes.PENDING, f"unmounted, but {len(result.rescued)} file(s) could not be pushed; data kept in: {paths}"
     if not result.clean:
-        return False, f"unmounted after an error; log: {state.log_file}"
-    return True, f"unmounted {mountpoint}"
+        return exitcodes.FAILED, f"unmounted after an error; log: {state.log_file}"
+    return exitcodes.OK, f"unmounted {mountpoint}"
 
 
 def _wait_gone(state, timeout: float, *, show_drain: str | None = None) -> bool:
     """Wait for the daemon to exit; with ``show_drain`` (its mount point), show its pending
     pushes draining (asked of its status socket, see ``progress``) so a long wait never looks hung."""
     from arkerfs.mount import runtime
-    from arkerfs.mount.progress import DrainProgress
-    from arkerfs.mount.status import StatusUnavailable, query
+    from arkerfs.mount.progress import follow, pending_of
 
-    progress = DrainProgress("arkerfs umount: pushing") if show_drain else None
     deadline = time.monotonic() + timeout
-    next_look = time.monotonic() + 0.5  # a quick unmount shows nothing
-    try:
-        while runtime.daemon_alive(state):
-            now = time.monotonic()
-            if now > deadline:
-                return False
-            if progress is not None and now >= next_look:
-                next_look = now + 0.5
-                try:
-                    progress.update(query(show_drain, timeout=1.0)["pending"])
-                except (StatusUnavailable, KeyError):
-                    pass  # unmounting already: the socket goes with the daemon
+
+    def over() -> bool:
+        return not runtime.daemon_alive(state) or time.monotonic() > deadline
+
+    if show_drain is None:
+        while not over():
             time.sleep(0.05)
-        return True
-    finally:
-        if progress is not None:
-            progress.close()
+    else:
+        follow(pending_of(show_drain), over, "arkerfs umount: pushing")
+    return not runtime.daemon_alive(state)
 
 
 def _leftovers(state, mountpoint: str) -> str:
