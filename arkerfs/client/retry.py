@@ -1,13 +1,22 @@
-"""Retry policy (PROTOCOL.md §6.4): which failures are transient, and how long to wait.
+"""Retry policy (PROTOCOL.md §6.4): which failures are transient, how long to wait, and the
+one retry loop (``retrying``) that the transport, the sync-write entries and RemoteFS share.
 
 Whether a transient failure may actually be *replayed* depends on the request (§6.3) and is
-decided by the transport; this module only classifies failures and computes delays.
+decided by each caller's ``classify``; this module only classifies failures, computes delays
+and runs the loop.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+import anyio
+
+T = TypeVar("T")
+E = TypeVar("E", bound=Exception)
 
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 # Union of the core and later-API transient codes, plus the busy codes (never started).
@@ -74,3 +83,77 @@ def hint_seconds(error: object) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
+
+
+@dataclass(frozen=True)
+class Retry:
+    """``classify``'s answer for a failure worth another attempt.
+
+    ``Retry(hint)`` uses up one of the policy's attempts and waits ``policy.delay(n, hint)``:
+    the backoff, or the server's hint capped at ``hint_cap``. ``Retry.uncounted(seconds)``
+    waits exactly that long and uses up no attempt (outage mode: the request never left).
+    """
+
+    hint: float | None = None
+    wait: float | None = None  # set by ``uncounted`` only
+
+    @classmethod
+    def uncounted(cls, seconds: float) -> Retry:
+        return cls(wait=seconds)
+
+
+class AttemptFailed(Exception):
+    """An attempt's failure handed to ``retrying``: ``error`` is what the caller raises in the
+    end, ``hint`` the server's wait hint. The wrapper keeps such a failure apart from errors of
+    the same type that must pass through unretried (a sync-write entry's error vs. the error
+    of the request that carried it)."""
+
+    def __init__(self, error: Exception, hint: float | None = None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.hint = hint
+
+
+async def retrying(
+    policy: RetryPolicy,
+    attempt: Callable[[int], Awaitable[T]],
+    *,
+    classify: Callable[[E], Retry | None],
+    catch: type[E] | tuple[type[E], ...] = Exception,
+    on_retry: Callable[[E, float, int], None] | None = None,
+    on_give_up: Callable[[E], None] | None = None,
+) -> T:
+    """``await attempt(tries)`` until it returns; ``tries`` counts the earlier calls (> 0: a retry).
+
+    A failure of type ``catch`` goes to ``classify``: None re-raises it at once (not transient,
+    or not safe to replay: the caller's rule, PROTOCOL.md §6.3), a ``Retry`` sleeps and calls
+    ``attempt`` again. Once ``policy.attempts`` counted attempts have failed, ``on_give_up(exc)``
+    is called and the last failure re-raised. ``on_retry(exc, delay, number)`` runs before each
+    counted retry's sleep; ``number`` is the attempt about to be made (2 for the first retry).
+
+    Everything else passes through untouched, cancellation included (it is not an
+    ``Exception`` under asyncio or trio). Sleeps with anyio, so it runs on either event loop.
+    """
+    retries = 0  # failures counted against policy.attempts
+    tries = 0
+    while True:
+        try:
+            return await attempt(tries)
+        except catch as exc:
+            tries += 1
+            decision = classify(exc)
+            if decision is None:
+                raise
+            if decision.wait is not None:
+                delay = decision.wait
+            else:
+                if retries + 1 >= policy.attempts:
+                    if on_give_up is not None:
+                        on_give_up(exc)
+                    raise
+                delay = policy.delay(retries, decision.hint)
+                retries += 1
+                if on_retry is not None:
+                    on_retry(exc, delay, retries + 1)
+        # Outside the except block: a cancelled sleep must not carry this failure as its context.
+        await anyio.sleep(delay)

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import anyio
 
 from arkerfs.client.errors import ArkerError, error_from_wire
-from arkerfs.client.retry import hint_seconds, is_transient
+from arkerfs.client.retry import AttemptFailed, Retry, hint_seconds, is_transient, retrying
 from arkerfs.client.transport import BlobContent, Transport
 from arkerfs.protocol import (
     API_PREFIX,
@@ -404,11 +404,13 @@ class Sync:
             return
 
     async def _send_entry(self, entry: dict) -> dict:
-        """Send one write entry and return its result; transient per-entry errors resend it."""
+        """Send one write entry and return its result; transient per-entry errors resend the
+        identical entry (PROTOCOL.md §6.1 outer loop). Errors of the request itself were
+        already retried by the transport and pass through."""
         body = {"op": "write", "writes": [entry]}
         policy = self._transport.retry
-        attempt = 0
-        while True:
+
+        async def send(tries: int) -> dict:
             r = await self._transport.request("POST", self._route, body=body, replay_safe=True)
             results = r.get("results")
             if not isinstance(results, list) or len(results) != 1 or not isinstance(results[0], dict):
@@ -417,14 +419,20 @@ class Sync:
             wire = results[0].get("error")
             if not wire:
                 return results[0]
-            error = error_from_wire(wire, 200)
-            if not is_transient(None, error.code, error.message) or attempt + 1 >= policy.attempts:
-                raise error
-            delay = policy.delay(attempt, hint_seconds(wire))
+            raise AttemptFailed(error_from_wire(wire, 200), hint_seconds(wire))
+
+        def classify(failure: AttemptFailed) -> Retry | None:
+            error = failure.error
+            return Retry(failure.hint) if is_transient(None, error.code, error.message) else None
+
+        def on_retry(failure: AttemptFailed, delay: float, number: int) -> None:
             log.info("write of %s: retrying entry in %.2f s (attempt %d of %d): %s",
-                     entry["path"], delay, attempt + 2, policy.attempts, error)
-            await anyio.sleep(delay)
-            attempt += 1
+                     entry["path"], delay, number, policy.attempts, failure.error)
+
+        try:
+            return await retrying(policy, send, catch=AttemptFailed, classify=classify, on_retry=on_retry)
+        except AttemptFailed as failure:
+            raise failure.error from None
 
 
 def _require_written(path: str, result: dict) -> None:

@@ -2,9 +2,9 @@
 
 Two clients (PROTOCOL.md §10.16): one for the API, carrying the Bearer key, and one with no
 credentials at all for presigned blob URLs, so the key can never reach a blob store, not
-even through a redirect. This module owns the retry loop (§6.4): it classifies every failure
-(envelope error, bare HTTP status, transport error) and replays a request only when that is
-safe for it.
+even through a redirect. This module owns the retry decisions (§6.4): it classifies every failure
+(envelope error, bare HTTP status, transport error) and has ``retry.retrying`` replay a
+request only when that is safe for it.
 """
 
 from __future__ import annotations
@@ -18,12 +18,19 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-import anyio
 import httpx
 
 from arkerfs import __version__
 from arkerfs.client.errors import ArkerError, error_from_wire
-from arkerfs.client.retry import BUSY_CODES, TRANSIENT_STATUSES, RetryPolicy, hint_seconds, is_transient
+from arkerfs.client.retry import (
+    BUSY_CODES,
+    TRANSIENT_STATUSES,
+    Retry,
+    RetryPolicy,
+    hint_seconds,
+    is_transient,
+    retrying,
+)
 
 log = logging.getLogger("arkerfs.client")
 
@@ -356,46 +363,63 @@ class Transport:
 
     async def _with_retries(self, what: str, replay_safe: bool, once: Callable[[int], Awaitable[T]]) -> T:
         policy = self.retry
-        attempts = policy.attempts
-        attempt = 0  # failures counted against ``attempts``
-        tries = 0  # every call of ``once`` (its argument: > 0 means "this is a retry")
-        outage_since: float | None = None  # first of the current run of connect failures
-        outage_retries = 0
-        while True:
-            try:
-                result = await once(tries)
-            except _Failure as failure:
-                tries += 1
-                if failure.unreachable and policy.outage_deadline is not None:
-                    # Outage mode (RetryPolicy): never sent, so safe for any request; wait for
-                    # the server with capped backoff until the deadline, without using attempts.
-                    now = time.monotonic()
-                    if outage_since is None:
-                        outage_since, outage_retries = now, 0
-                        log.warning("%s: server unreachable; retrying for up to %.0f s: %s",
-                                    what, policy.outage_deadline, failure.error)
-                    remaining = outage_since + policy.outage_deadline - now
-                    if remaining <= 0:
-                        log.warning("%s: giving up after %.1f s of outage: %s", what, now - outage_since, failure.error)
-                        raise failure.error from failure.__cause__
-                    delay = min(policy.delay(outage_retries), remaining)
-                    outage_retries += 1
-                    log.debug("%s: still unreachable; next try in %.2f s", what, delay)
-                    await anyio.sleep(delay)
-                    continue
-                if outage_since is not None:
-                    log.info("%s: server reachable again after %.1f s", what, time.monotonic() - outage_since)
-                    outage_since = None
-                retryable = failure.transient and (replay_safe or failure.never_started)
-                if not retryable or attempt + 1 >= attempts:
-                    if retryable:
-                        log.warning("%s: giving up after %d attempts: %s", what, attempts, failure.error)
-                    raise failure.error from failure.__cause__
-                delay = policy.delay(attempt, failure.hint)
-                log.info("%s: retrying in %.2f s (attempt %d of %d): %s", what, delay, attempt + 2, attempts, failure.error)
-            else:
-                if outage_since is not None:
-                    log.info("%s: server reachable again after %.1f s", what, time.monotonic() - outage_since)
-                return result
-            await anyio.sleep(delay)
-            attempt += 1
+        outage = _Outage(what, policy)
+
+        def classify(failure: _Failure) -> Retry | None:
+            if failure.unreachable and policy.outage_deadline is not None:
+                # Outage mode (RetryPolicy): never sent, so safe for any request; wait for the
+                # server with capped backoff until the deadline, without using attempts.
+                wait = outage.next_wait(failure)
+                return None if wait is None else Retry.uncounted(wait)
+            outage.end()
+            if failure.transient and (replay_safe or failure.never_started):
+                return Retry(failure.hint)
+            return None
+
+        def on_retry(failure: _Failure, delay: float, number: int) -> None:
+            log.info("%s: retrying in %.2f s (attempt %d of %d): %s", what, delay, number, policy.attempts,
+                     failure.error)
+
+        def on_give_up(failure: _Failure) -> None:
+            log.warning("%s: giving up after %d attempts: %s", what, policy.attempts, failure.error)
+
+        try:
+            result = await retrying(policy, once, catch=_Failure, classify=classify, on_retry=on_retry,
+                                    on_give_up=on_give_up)
+        except _Failure as failure:
+            raise failure.error from failure.__cause__
+        outage.end()
+        return result
+
+
+class _Outage:
+    """One request's current run of consecutive connect failures, in outage mode (RetryPolicy)."""
+
+    def __init__(self, what: str, policy: RetryPolicy) -> None:
+        self.what = what
+        self.policy = policy
+        self.since: float | None = None  # the first failure of the run
+        self.retries = 0
+
+    def next_wait(self, failure: _Failure) -> float | None:
+        """Seconds to wait before trying again, or None once the outage deadline has passed."""
+        deadline = self.policy.outage_deadline
+        assert deadline is not None
+        now = time.monotonic()
+        if self.since is None:
+            self.since, self.retries = now, 0
+            log.warning("%s: server unreachable; retrying for up to %.0f s: %s", self.what, deadline, failure.error)
+        remaining = self.since + deadline - now
+        if remaining <= 0:
+            log.warning("%s: giving up after %.1f s of outage: %s", self.what, now - self.since, failure.error)
+            return None
+        delay = min(self.policy.delay(self.retries), remaining)
+        self.retries += 1
+        log.debug("%s: still unreachable; next try in %.2f s", self.what, delay)
+        return delay
+
+    def end(self) -> None:
+        """The server answered (or the request succeeded): the run of connect failures is over."""
+        if self.since is not None:
+            log.info("%s: server reachable again after %.1f s", self.what, time.monotonic() - self.since)
+            self.since = None

@@ -49,6 +49,7 @@ import outcome
 import trio
 
 from arkerfs.client import ArkerError, RemoteFile
+from arkerfs.client.retry import Retry, RetryPolicy, retrying
 from arkerfs.fs import shell as S
 from arkerfs.fs.errors import FsError, errno_for_api_error
 from arkerfs.fs.model import Attrs, Entry, StatFs
@@ -65,6 +66,9 @@ XATTR_SIZE_MAX = 65536
 AMBIGUOUS_STATUSES = frozenset({502, 504})
 BUSY_CODES = frozenset({"vm_busy", "resource_busy"})
 BUSY_RETRIES = 5
+# After the transport's own retries: 0.05, 0.1, 0.2, 0.4, 0.8 s, no jitter.
+BUSY_POLICY = RetryPolicy(attempts=BUSY_RETRIES + 1, base_delay=0.05, max_delay=0.05 * 2 ** (BUSY_RETRIES - 1),
+                          jitter=0.0)
 CLEANUP_TIMEOUT = 10.0
 PROBE_AFTER = 2.0  # s a request waits at least before we ask whether the API answers at all
 PROBE_TIMEOUT = 3.0  # a probe with no answer by then counts as "the API is silent"
@@ -239,25 +243,29 @@ class RemoteFS:
         """One run of ``fragments``: one Outcome per fragment and the run's stderr (with
         ``stop_at_failure``, one per fragment that ran: the last one is the one that failed)."""
         command = S.script(fragments, stop_at_failure=stop_at_failure)
-        for attempt in range(BUSY_RETRIES + 1):
+
+        async def attempt(tries: int) -> Any:
             async with self.pool.session() as sid:
                 try:
                     result = await self.live.watch(
                         lambda: self._vm.run(command, session_id=sid, timeout=self._run_timeout))
-                    self.pool.abandoned.discard(sid)
-                    break
                 except (trio.Cancelled, NoAnswer):  # the VM may still run it: never replayed
                     self.pool.abandoned.add(sid)
                     raise
                 except ArkerError as exc:
-                    if exc.code in BUSY_CODES and attempt < BUSY_RETRIES:
-                        self.pool.busy(sid)
-                    elif exc.outcome_unknown or exc.status in AMBIGUOUS_STATUSES:
+                    if exc.code in BUSY_CODES and tries + 1 < BUSY_POLICY.attempts:
+                        self.pool.busy(sid)  # while this session still counts as in flight
+                        raise  # retried below
+                    if exc.outcome_unknown or exc.status in AMBIGUOUS_STATUSES:
                         self.pool.abandoned.add(sid)
                         raise _Ambiguous(str(exc)) from exc
-                    else:
-                        raise FsError(errno_for_api_error(exc), str(exc)) from exc
-            await trio.sleep(0.05 * 2**attempt)  # busy: the run never started, so retrying is safe
+                    raise FsError(errno_for_api_error(exc), str(exc)) from exc
+                self.pool.abandoned.discard(sid)
+                return result
+
+        # busy: the run never started, so retrying is safe; the session is free while we wait.
+        result = await retrying(BUSY_POLICY, attempt, catch=ArkerError,
+                                classify=lambda exc: Retry() if exc.code in BUSY_CODES else None)
         if not result.completed:
             log.error("run did not complete (exit %s, timed_out=%s): %s", result.exit_code,
                       result.timed_out, result.stderr[-500:].decode(errors="replace"))
