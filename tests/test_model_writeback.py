@@ -84,6 +84,7 @@ class WriteBackTarget(InProcessTarget):
         self.call(self.port.pusher.push_batch)
 
 
+
 class WriteBackModel(InProcessModel):
     target = None
 
@@ -99,6 +100,10 @@ class WriteBackModel(InProcessModel):
 async def test_write_back_vfs_behaves_like_a_local_directory(tmp_path):
     target = WriteBackTarget(str(tmp_path))
     logger = logging.getLogger("arkerfs")
+    if os.environ.get("ARKERFS_WB_TRACE"):  # every batch the pusher sends, to this file
+        trace = logging.FileHandler(os.environ["ARKERFS_WB_TRACE"])
+        logging.getLogger("arkerfs.writeback.pusher").setLevel(logging.DEBUG)
+        logging.getLogger("arkerfs.writeback.pusher").addHandler(trace)
     logger.addHandler(target.problems)
     WriteBackModel.target = target
     machine = WriteBackModel

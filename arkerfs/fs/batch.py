@@ -81,14 +81,12 @@ def install(staged: bytes, path: bytes, *, mode: int, mtime_ns: int, atime_ns: i
     perm = stat.S_IMODE(mode)
     atime = S.touch_time(mtime_ns if atime_ns is None else atime_ns)
     expect = "" if base is None else base.printed()
-    conflict = conflict_name(path, stamp)
-    recovered = recovery + b"/" + stamp.encode() + path[len(home):]
     mine = " ".join(f"{z}:{Version(0, z, t).printed().split(':', 2)[2]}"
                     for z, t in ([] if size is None else [(size, mtime_ns), *later]))
-    # the steps are the prelude's _inst (one copy per script, so a batch of hundreds stays small)
-    args = [S.quote(staged), S.quote(path), S.quote(conflict), S.quote(recovered), f"{perm:05o}", atime,
-            S.touch_time(mtime_ns), S.quote(expect.encode()) if check else "-", S.quote(mine.encode()) if mine else "-",
-            "1" if empty else "-"]
+    # the prelude's _inst does the steps (one copy per script: a batch of hundreds stays small)
+    args = [S.quote(staged), S.quote(path), f"{perm:05o}", atime, S.touch_time(mtime_ns),
+            S.quote(expect.encode()) if check else "-", S.quote(mine.encode()) if mine else "-",
+            "1" if empty else "-", S.quote(stamp.encode()), S.quote(recovery), S.quote(home)]
     body = "_inst " + " ".join(args)
     return S.Fragment(body, _installed)
 
@@ -145,3 +143,15 @@ def symlink(target: bytes, path: bytes) -> S.Fragment:
 def link(existing: bytes, new: bytes) -> S.Fragment:
     e, n = S.quote(existing), S.quote(new)
     return _guarded(f'[ -e {n} ] && [ {n} -ef {e} ] && {{ _st {n}; exit 0; }}', S.link(existing, new))
+
+
+def setattr(path: bytes, *, mode: int | None = None, atime_ns: int | None = None,
+            mtime_ns: int | None = None) -> S.Fragment:
+    """chmod/utimens of a name the VM may have removed since (or that this batch, sent once
+    before, already renamed away): nothing to apply then, and nothing of value is lost."""
+    fragment = S.setattr(path, mode=mode, atime_ns=atime_ns, mtime_ns=mtime_ns)
+    return S.Fragment(f"_x {S.quote(path)} || exit 0\n" + fragment.body, _attrs_if_any)
+
+
+def _attrs_if_any(records: list[S.Record]) -> Attrs | None:
+    return S.parse_attrs(S.only(records, b"A")) if records else None

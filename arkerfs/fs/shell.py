@@ -158,17 +158,19 @@ PRELUDE = "\n".join([
     '_t() { local m; m=$("$@" 2>&1 >/dev/null) && return 0; printf "%s\\n" "$m" >&2; case $m in '
     + " ".join(f'*": {text}") exit {code};;' for text, code in _STRERROR_EXIT)
     + " esac; exit 5; }",
-    # _inst S P C R MODE ATIME MTIME EXPECT MINE EMPTY: install staged S at P (fs.batch.install)
-    '_inst() { local s=$1 p=$2 c=$3 r=$4 now=; [ "${10}" = 1 ] && { _t mkdir -p -- "${s%/*}"; : > "$s" || exit 5; }'
+    # _inst S P MODE ATIME MTIME EXPECT MINE EMPTY STAMP RECOVERY HOME: install staged S at P
+    # (fs.batch.install); the conflict copy's name is P's, cut to keep 255 bytes (LC_ALL=C: bytes)
+    '_inst() { local s=$1 p=$2 now= x=".conflict-$9" n=${2##*/}; local c="${p%/*}/${n:0:$((255-${#x}))}$x" r="${10}/$9${p#"${11}"}"'
+    '; [ "$8" = 1 ] && { _t mkdir -p -- "${s%/*}"; : > "$s" || exit 5; }'
     '; [ -f "$s" ] || exit 5'
-    '; _t chmod "$5" -- "$s"; _t touch -h -c -a -d "$6" -- "$s"; _t touch -h -c -m -d "$7" -- "$s"'
+    '; _t chmod "$3" -- "$s"; _t touch -h -c -a -d "$4" -- "$s"; _t touch -h -c -m -d "$5" -- "$s"'
     # the target's directory is gone: keep the local version under the recovery directory
     '; if [ ! -d "${p%/*}" ]; then _t mkdir -p -- "${r%/*}"; _t mv -f -T -- "$s" "$r"; printf "C\\0%s\\0" "$r"; exit 0; fi'
     # what is there now, as Version.printed prints it ("" when absent)
     '; _x "$p" && { [ -f "$p" ] && [ ! -L "$p" ] && now=$(find "$p" -maxdepth 0 -printf "%i:%s:%T@") || now=other; }'
-    # already this very version (a batch sent again): done
-    '; if [ "$9" != - ]; then for v in $9; do case $now in *:"$v") rm -f -- "$s"; _st "$p"; exit 0;; esac; done; fi'
-    '; if [ "$8" != - ] && [ "$now" != "$8" ]; then _t mv -f -T -- "$s" "$c"; printf "C\\0%s\\0" "$c"; exit 0; fi'
+    # already this very version, or one the batch installs later (a batch sent again): done
+    '; if [ "$7" != - ]; then for v in $7; do case $now in *:"$v") rm -f -- "$s"; _st "$p"; exit 0;; esac; done; fi'
+    '; if [ "$6" != - ] && [ "$now" != "$6" ]; then _t mv -f -T -- "$s" "$c"; printf "C\\0%s\\0" "$c"; exit 0; fi'
     '; _t mv -f -T -- "$s" "$p"; _st "$p"; }',
     # _rnf O N NOREPLACE: rename(2) of a non-directory, as ``rename`` checks it; done already
     # (O gone, N there: a batch sent again) succeeds

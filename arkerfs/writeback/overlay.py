@@ -70,6 +70,10 @@ class Overlay:
         out += [Entry(name, attrs) for name, attrs in pending.items() if attrs is not None]
         return out
 
+    def has_children(self, directory: bytes) -> bool:
+        """Whether a pending change is about a name directly in ``directory``."""
+        return bool(self._children.get(directory))
+
     def seq_of(self, path: bytes) -> int | None:
         return self._seq.get(path)
 

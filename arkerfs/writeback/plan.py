@@ -90,28 +90,29 @@ class Batch:
 
 
 def staged_name(spool_name: str) -> bytes:
-    return S.STAGING + b"/wb-" + spool_name.encode()
+    return S.STAGING + b"/wb-" + spool_name[:16].encode()  # 64 random bits: unique enough
 
 
 def take(changes: Sequence[Change]) -> list[Change]:
-    """The prefix that fits in one batch."""
-    taken, size, script = [], 0, len(S.PRELUDE)
+    """The prefix that fits in one batch by count and content (``fit`` then bounds the script)."""
+    taken, size = [], 0
     for change in changes:
-        text = _script_estimate(change)
-        if taken and (len(taken) >= MAX_STEPS or size + change.size > MAX_UPLOAD_BYTES
-                      or script + text > MAX_SCRIPT_BYTES):
+        if taken and (len(taken) >= MAX_STEPS or size + change.size > MAX_UPLOAD_BYTES):
             break
         taken.append(change)
         size += change.size
-        script += text
     return taken
 
 
-def _script_estimate(change: Change) -> int:
-    """An upper bound of the bytes ``change``'s fragment adds to the script."""
-    paths = sum(len(S.quote(p)) for p in paths_of(change))
-    return {"rename": 120, "create": 350, "write": 350, "link": 400, "symlink": 400, "mkdir": 350,
-            "rmdir": 400, "unlink": 350, "setattr": 250}.get(change.op, 1200) + 3 * paths
+def fit(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str) -> Batch:
+    """``plan`` of the longest prefix of ``changes`` whose script stays within MAX_SCRIPT_BYTES."""
+    changes = list(changes)
+    while True:
+        batch = plan(changes, landed, stamp)
+        size = len(S.PRELUDE) + sum(len(s.fragment.body) + 60 for s in batch.steps)
+        if size <= MAX_SCRIPT_BYTES or len(changes) == 1:
+            return batch
+        changes = changes[:max(1, int(len(changes) * MAX_SCRIPT_BYTES / size * 0.95))]
 
 
 def plan(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str) -> Batch:
@@ -234,6 +235,6 @@ def _fragment(change: Change, base, produced: set[bytes], landed: dict[bytes, B.
     if op == "link":
         return B.link(os.fsencode(a["existing"]), os.fsencode(a["new"]))
     if op == "setattr":
-        return S.setattr(os.fsencode(a["path"]), mode=a.get("mode"), atime_ns=a.get("atime_ns"),
+        return B.setattr(os.fsencode(a["path"]), mode=a.get("mode"), atime_ns=a.get("atime_ns"),
                          mtime_ns=a.get("mtime_ns"))
     raise ValueError(f"unknown journal operation {op!r}")

@@ -44,7 +44,8 @@ from arkerfs.writeback.journal import Change, Journal
 log = logging.getLogger(__name__)
 
 QUIET = 0.05  # s of journal silence before a push starts
-MAX_DELAY = 0.3  # s: the oldest pending change never waits longer for a quiet moment
+MAX_DELAY = 1.0  # s: the oldest pending change never waits longer for a quiet moment
+FULL = 800  # changes recorded since the last batch that make a batch worth sending at once
 COMMIT_EVERY = 1.0  # s: recorded changes are on disk no later than this
 BACKOFF_MAX = 30.0
 ATTEMPTS_BEFORE_FAILED = 8
@@ -76,6 +77,7 @@ class Pusher:
         self._idle = trio.Event()
         self._lock = trio.Lock()
         self._last_record = clock()
+        self._since_batch = 0
         self._versions: dict[bytes, B.Version] = {}  # what this mount last installed, per path
         self.conflicts: list[Conflict] = []
         self.batches = 0
@@ -87,6 +89,7 @@ class Pusher:
     def recorded(self) -> None:
         """A change was appended to the journal."""
         self._last_record = self._clock()
+        self._since_batch += 1
         self._wake.set()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -137,7 +140,9 @@ class Pusher:
             changes = P.take([c for c in self.journal.pending() if c.failed is None])
             if not changes:
                 return
-            batch = P.plan(changes, self._versions, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+            batch = P.fit(changes, self._versions, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+            changes = [c for c in changes if c.seq <= batch.last_seq]
+            self._since_batch = 0
             self.pushing = True
             self.in_flight = {c.seq for c in changes}
             try:
@@ -152,6 +157,10 @@ class Pusher:
             self.batches += 1
 
     async def _send(self, batch: P.Batch) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("batch: %d upload(s), %d step(s): %s", len(batch.uploads), len(batch.steps),
+                      "; ".join(f"{s.change.seq} {s.change.op} " + ",".join(os.fsdecode(p) for p in P.paths_of(s.change))
+                                for s in batch.steps))
         if batch.uploads:
             await self.remote.upload_many([(u.staged, str(self.journal.spool / u.spool_name))
                                            for u in batch.uploads])
@@ -230,6 +239,6 @@ class Pusher:
         while True:
             now = self._clock()
             quiet_for = now - self._last_record
-            if quiet_for >= self._quiet or now - started >= self._max_delay:
+            if quiet_for >= self._quiet or now - started >= self._max_delay or self._since_batch >= FULL:
                 return
             await trio.sleep(min(self._quiet - quiet_for, self._max_delay - (now - started)))
