@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
 
 from tests.mountutil import mounted
-from tests.test_tools_apps import HOME, SIZE_FMT, TREE_FMT, run, tree_lines
+from tests.test_tools_apps import HOME, SIZE_FMT, TREE_FMT, run, tree_lines, vim
 
 WRITE_BACK = ("--write-back", "--cache-ttl", "600")
 
@@ -39,18 +40,11 @@ def make_tree(root: str, dirs: int = 10, files: int = 30) -> str:
 
 
 def pushed(mnt: str) -> None:
-    """Wait until everything pending is in the VM (fsync of a file in the mount does)."""
-    fd = os.open(os.path.join(mnt, ".arkerfs-fsync-probe"), os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-        os.unlink(os.path.join(mnt, ".arkerfs-fsync-probe"))
-        fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """``arkerfs sync MNT``: returns once everything pending is in the VM."""
+    env = {**os.environ, "XDG_RUNTIME_DIR": os.path.dirname(mnt)}  # where mountutil puts the socket
+    done = subprocess.run([sys.executable, "-m", "arkerfs", "sync", mnt], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def vm_tree(api, vm: str, top: str) -> tuple[list, list]:
@@ -111,6 +105,22 @@ def test_cp_r_of_300_files_costs_a_few_batches(server, api, control, tmp_path):
         cost = control.nonzero_calls()
         assert sum(cost.values()) <= 15, cost
         assert vm_tree(api, m.vm_id, "copy")[1] == local_tree(src)[1]
+
+
+def test_vim_edit_and_save_costs_a_few_calls(server, api, control):
+    vm = api.fork()
+    api.sh(vm, f"mkdir {HOME}/v && printf 'one\\ntwo\\n' > {HOME}/v/notes.txt")
+    with mounted(server, *WRITE_BACK, vm_id=vm) as m:
+        path = m.p("v/notes.txt")
+        os.listdir(m.p("v"))  # the directory is known, as in an editor's file browser
+        control.reset_stats()
+        # swap file (fsynced by vim), backup made while writing (writebackup), save, quit
+        vim(path, "set swapfile writebackup directory=.", "normal Gothree", "preserve", swap=True)
+        pushed(m.path)
+        cost = control.nonzero_calls()
+        assert sum(cost.values()) <= 4, cost
+        assert api.read_file(vm, f"{HOME}/v/notes.txt") == b"one\ntwo\nthree\n"
+        assert api.sh(vm, f"ls -A {HOME}/v") == "notes.txt\n"
 
 
 def test_the_mount_shows_its_pending_changes_until_pushed_and_after(server, api, control, tmp_path):

@@ -65,7 +65,8 @@ def batch_script(fragments: Sequence[S.Fragment]) -> str:
 def install(staged: bytes, path: bytes, *, mode: int, mtime_ns: int, atime_ns: int | None = None,
             base: Version | None, stamp: str, recovery: bytes = RECOVERY,
             home: bytes = S.HOME_B, check: bool = True, size: int | None = None,
-            later: Sequence[tuple[int, int]] = (), empty: bool = False) -> S.Fragment:
+            later: Sequence[tuple[int, int]] = (), empty: bool = False,
+            content: bytes | None = None) -> S.Fragment:
     """Move the uploaded ``staged`` file to ``path`` with ``mode`` and exact times, if ``path``
     is still ``base`` (None: still absent). ``stamp`` (e.g. a UTC time) names conflict copies.
 
@@ -74,7 +75,7 @@ def install(staged: bytes, path: bytes, *, mode: int, mtime_ns: int, atime_ns: i
     this very version (same size and nanosecond mtime: the batch ran before but its answer was
     lost), the staged copy is dropped instead of making a conflict copy; so it is when the target
     is one of the ``later`` versions (size, mtime_ns) the same batch installs there after this
-    one. ``empty``: the staged
+    one. ``content``: the (small) bytes travel in the script, no upload needed. ``empty``: the staged
     file is created by the run itself (nothing to upload for an empty file)."""
     if not path.startswith(home + b"/"):
         raise ValueError("install targets live under the home")
@@ -86,7 +87,8 @@ def install(staged: bytes, path: bytes, *, mode: int, mtime_ns: int, atime_ns: i
     # the prelude's _inst does the steps (one copy per script: a batch of hundreds stays small)
     args = [S.quote(staged), S.quote(path), f"{perm:05o}", atime, S.touch_time(mtime_ns),
             S.quote(expect.encode()) if check else "-", S.quote(mine.encode()) if mine else "-",
-            "1" if empty else "-", S.quote(stamp.encode()), S.quote(recovery), S.quote(home)]
+            "1" if empty else "b:" + S.b64(content) if content else "-",
+            S.quote(stamp.encode()), S.quote(recovery), S.quote(home)]
     body = "_inst " + " ".join(args)
     return S.Fragment(body, _installed)
 

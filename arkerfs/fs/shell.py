@@ -158,10 +158,12 @@ PRELUDE = "\n".join([
     '_t() { local m; m=$("$@" 2>&1 >/dev/null) && return 0; printf "%s\\n" "$m" >&2; case $m in '
     + " ".join(f'*": {text}") exit {code};;' for text, code in _STRERROR_EXIT)
     + " esac; exit 5; }",
-    # _inst S P MODE ATIME MTIME EXPECT MINE EMPTY STAMP RECOVERY HOME: install staged S at P
+    # _inst S P MODE ATIME MTIME EXPECT MINE NEW STAMP RECOVERY HOME: install staged S at P; NEW
+    # is 1 for an empty file, b:<base64> for a small content carried in the script itself
     # (fs.batch.install); the conflict copy's name is P's, cut to keep 255 bytes (LC_ALL=C: bytes)
     '_inst() { local s=$1 p=$2 now= x=".conflict-$9" n=${2##*/}; local c="${p%/*}/${n:0:$((255-${#x}))}$x" r="${10}/$9${p#"${11}"}"'
-    '; [ "$8" = 1 ] && { _t mkdir -p -- "${s%/*}"; : > "$s" || exit 5; }'
+    '; case $8 in 1) _t mkdir -p -- "${s%/*}"; : > "$s" || exit 5;;'
+    ' b:*) _t mkdir -p -- "${s%/*}"; printf %s "${8#b:}" | base64 -d > "$s" || exit 5;; esac'
     '; [ -f "$s" ] || exit 5'
     '; _t chmod "$3" -- "$s"; _t touch -h -c -a -d "$4" -- "$s"; _t touch -h -c -m -d "$5" -- "$s"'
     # the target's directory is gone: keep the local version under the recovery directory

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from arkerfs.fs import batch as B
@@ -41,6 +41,8 @@ MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # new content per batch
 # A run's command reaches the VM's shell as one argument (``bash -c``), which Linux caps at
 # 128 KiB (MAX_ARG_STRLEN): the script, prelude included, stays well under it.
 MAX_SCRIPT_BYTES = 100_000
+# A batch with this little new content carries it in the script (base64): one call, no upload.
+INLINE_BATCH_BYTES = 24 * 1024
 
 
 def encode_attrs(attrs: Attrs) -> list:
@@ -104,18 +106,21 @@ def take(changes: Sequence[Change]) -> list[Change]:
     return taken
 
 
-def fit(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str) -> Batch:
-    """``plan`` of the longest prefix of ``changes`` whose script stays within MAX_SCRIPT_BYTES."""
+def fit(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str,
+        read: Callable[[str], bytes] | None = None) -> Batch:
+    """``plan`` of the longest prefix of ``changes`` whose script stays within MAX_SCRIPT_BYTES.
+    ``read(spool_name)``: the bytes of a content, to carry small batches inline."""
     changes = list(changes)
     while True:
-        batch = plan(changes, landed, stamp)
+        batch = plan(changes, landed, stamp, read)
         size = len(S.PRELUDE) + sum(len(s.fragment.body) + 60 for s in batch.steps)
         if size <= MAX_SCRIPT_BYTES or len(changes) == 1:
             return batch
         changes = changes[:max(1, int(len(changes) * MAX_SCRIPT_BYTES / size * 0.95))]
 
 
-def plan(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str) -> Batch:
+def plan(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str,
+         read: Callable[[str], bytes] | None = None) -> Batch:
     """The batch applying ``changes`` (see the module doc). ``landed``: the VM version of files
     this mount pushed before, for a write whose base is ``chain`` to an earlier batch."""
     changes = list(changes)
@@ -161,13 +166,15 @@ def plan(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str) 
 
     produced: set[bytes] = set()
     uploads: list[Upload] = []
+    new_bytes = sum(c.size for i, c in enumerate(changes) if i not in skipped and c.op == "write")
+    inline = read if read is not None and new_bytes <= INLINE_BATCH_BYTES else None
     steps: list[Step] = []
     for i, change in enumerate(changes):
         if i in skipped:
             continue
         base = inherited.get(i, change.args.get("base"))
         later = _later_versions(changes, i, skipped) if change.op in ("create", "write") else []
-        fragment = _fragment(change, base, produced, landed, stamp, uploads, later)
+        fragment = _fragment(change, base, produced, landed, stamp, uploads, later, inline)
         steps.append(Step(fragment, change, covered.get(i, [])))
         for path in paths_of(change)[-1:]:
             produced.add(path)
@@ -201,7 +208,7 @@ def _seq_index(changes: list[Change], seq: int) -> int:
 
 
 def _fragment(change: Change, base, produced: set[bytes], landed: dict[bytes, B.Version], stamp: str,
-              uploads: list[Upload], later: list[tuple[int, int]]) -> S.Fragment:
+              uploads: list[Upload], later: list[tuple[int, int]], inline) -> S.Fragment:
     a, op = change.args, change.op
     if op in ("create", "write"):
         path = os.fsencode(a["path"])
@@ -212,16 +219,20 @@ def _fragment(change: Change, base, produced: set[bytes], landed: dict[bytes, B.
             check = version is not None
         elif base is not None:
             version = B.Version(*base)
+        content = None
         if op == "write" and change.content is not None and change.size > 0:
             staged = staged_name(change.content)
-            uploads.append(Upload(staged, change.content, change.size))
+            if inline is not None:
+                content = inline(change.content)
+            else:
+                uploads.append(Upload(staged, change.content, change.size))
             empty = False
         else:
             staged = S.STAGING + b"/wb-" + str(change.seq).encode()
             empty = True
         return B.install(staged, path, mode=stat.S_IMODE(attrs.mode), mtime_ns=attrs.mtime_ns,
                          atime_ns=attrs.atime_ns, base=version, check=check, stamp=stamp,
-                         size=0 if empty else change.size, later=later, empty=empty)
+                         size=0 if empty else change.size, later=later, empty=empty, content=content)
     if op == "mkdir":
         return B.mkdir(os.fsencode(a["path"]), a["mode"])
     if op == "rmdir":

@@ -140,7 +140,8 @@ class Pusher:
             changes = P.take([c for c in self.journal.pending() if c.failed is None])
             if not changes:
                 return
-            batch = P.fit(changes, self._versions, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+            batch = P.fit(changes, self._versions, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
+                          read=lambda name: (self.journal.spool / name).read_bytes())
             changes = [c for c in changes if c.seq <= batch.last_seq]
             self._since_batch = 0
             self.pushing = True
