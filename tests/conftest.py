@@ -50,10 +50,14 @@ def api(server):
     return Api(server)
 
 
-@pytest.fixture
-def m(server, control):
-    """A fresh fork mounted for one test (always unmounted in teardown)."""
-    with mounted(server) as mount:
+WRITE_MODES = {"write-through": (), "write-back": ("--write-back",)}
+
+
+@pytest.fixture(params=list(WRITE_MODES))
+def m(server, control, request):
+    """A fresh fork mounted for one test (always unmounted in teardown), in each write mode:
+    tests using it run twice (ids ``write-through`` and ``write-back``)."""
+    with mounted(server, *WRITE_MODES[request.param]) as mount:
         yield mount
 
 

@@ -48,6 +48,8 @@ class Api:
         self.server = server
 
     def _do(self, fn):
+        settle_write_back()  # the VM is looked at as a user would after `arkerfs sync`
+
         async def main():
             async with Arker(self.server.api_key, base_url=self.server.base_url,
                              list_base_url=self.server.base_url) as arker:
@@ -88,6 +90,7 @@ class Mount:
     spool_dir: str
     allowed: list[re.Pattern] = field(default_factory=list)
     expect_exit: int | None = 0
+    write_back: bool = False  # mounted with --write-back
 
     def allow_log(self, pattern: str) -> None:
         """Whitelist daemon log lines matching ``pattern`` (regex) for this mount."""
@@ -142,6 +145,34 @@ def teardown(proc: subprocess.Popen, mnt: str) -> list[str]:
     return problems
 
 
+# Live write-back mounts: what a test reads of the VM through ``Api`` is read after they have
+# pushed everything pending, as a user would after ``arkerfs sync``.
+_WRITE_BACK: list[tuple[Mount, str]] = []
+
+
+def settle(mount: Mount, runtime_dir: str) -> None:
+    """``arkerfs sync MOUNT``, in-process: returns once everything pending is in the VM."""
+    from arkerfs.mount.status import SyncRequest
+
+    saved = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = runtime_dir  # where the daemon's socket is
+    try:
+        with SyncRequest(mount.path) as request:
+            answer = request.answer(300)
+    finally:
+        if saved is None:
+            del os.environ["XDG_RUNTIME_DIR"]
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = saved
+    assert answer is not None and answer.get("ok"), f"arkerfs sync of {mount.path}: {answer}"
+
+
+def settle_write_back() -> None:
+    for mount, runtime_dir in list(_WRITE_BACK):
+        if mount.proc.poll() is None and runtime.mount_entry(mount.path) is not None:
+            settle(mount, runtime_dir)
+
+
 def log_problems(text: str, allowed: list[re.Pattern]) -> list[str]:
     return [line for line in text.splitlines()
             if PROBLEM.search(line) and not any(p.search(line) for p in allowed)]
@@ -177,11 +208,17 @@ def mounted(server, *extra_args: str, vm_id: str | None = None, key_file: bool =
     spool = os.path.join(workdir, "arkerfs", "spool", runtime.mount_key(mnt))  # XDG_CACHE_HOME above
     mount = Mount(mnt, vm_id, log_path, proc, spool)
     failed = True
+    write_back = "--write-back" in args
     try:
         wait_for_mount(proc, mnt, log_path)
+        if write_back:
+            mount.write_back = True
+            _WRITE_BACK.append((mount, workdir))
         yield mount
         failed = False
     finally:
+        if write_back:
+            _WRITE_BACK[:] = [(m, d) for m, d in _WRITE_BACK if m is not mount]
         problems = teardown(proc, mnt)
         text = _read(log_path)
         shutil.rmtree(workdir, ignore_errors=True)
