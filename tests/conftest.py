@@ -51,6 +51,10 @@ def api(server):
 
 
 WRITE_MODES = {"write-through": (), "write-back": ("--write-back",)}
+# For a test of what only one mode promises (close() failing with the upload's errno is
+# write-through; the journal outliving a failure is write-back): ``@WRITE_THROUGH_ONLY``.
+WRITE_THROUGH_ONLY = pytest.mark.parametrize("m", ["write-through"], indirect=True)
+WRITE_BACK_ONLY = pytest.mark.parametrize("m", ["write-back"], indirect=True)
 
 
 @pytest.fixture(params=list(WRITE_MODES))

@@ -13,15 +13,16 @@ import tarfile
 
 import pytest
 
+from tests.conftest import WRITE_MODES
 from tests.mountutil import Api, mounted
 
 HOME = "/home/user"
 MB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def m(server):
-    with mounted(server) as mount:
+@pytest.fixture(scope="module", params=list(WRITE_MODES))
+def m(server, request):
+    with mounted(server, *WRITE_MODES[request.param]) as mount:
         yield mount
 
 

@@ -9,6 +9,7 @@ import stat
 
 import pytest
 
+from tests.conftest import WRITE_MODES
 from tests.mountutil import Api, mounted
 
 HOME = b"/home/user"
@@ -27,9 +28,9 @@ NAMES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def m(server):
-    with mounted(server) as mount:
+@pytest.fixture(scope="module", params=list(WRITE_MODES))
+def m(server, request):
+    with mounted(server, *WRITE_MODES[request.param]) as mount:
         yield mount
 
 

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from tests.conftest import WRITE_MODES
 from tests.mountutil import Api, mounted
 
 HOME = "/home/user"
@@ -25,11 +26,11 @@ HOME = "/home/user"
 BIG = random.Random(7).randbytes(3 * 1024 * 1024 + 17)
 
 
-@pytest.fixture(scope="module")
-def m(server, api):
+@pytest.fixture(scope="module", params=list(WRITE_MODES))
+def m(server, api, request):
     vm = api.fork()
     api.write_file(vm, f"{HOME}/big.bin", BIG)
-    with mounted(server, vm_id=vm) as mount:
+    with mounted(server, *WRITE_MODES[request.param], vm_id=vm) as mount:
         yield mount
 
 

@@ -136,10 +136,16 @@ def rename(old: bytes, new: bytes, flags: int = 0) -> S.Fragment:
     return S.Fragment(f"_rnf {S.quote(old)} {S.quote(new)} {1 if flags else 0}", S._nothing)
 
 
-def symlink(target: bytes, path: bytes) -> S.Fragment:
+def symlink(target: bytes, path: bytes, mtime_ns: int | None = None) -> S.Fragment:
+    """``mtime_ns``: the link's times as the mount showed them since it was made."""
     q, t = S.quote(path), S.quote(target + b"\n")  # readlink prints a newline; "x" keeps it
-    return _guarded(f'[ -L {q} ] && [ "$(readlink -- {q}; printf x)" = {t}x ] && {{ _st {q}; exit 0; }}',
-                    S.symlink(target, path))
+    fragment = S.symlink(target, path)
+    if mtime_ns is not None:
+        stamp = S.touch_time(mtime_ns)
+        body = fragment.body.replace('; _st "$p"', f'; _t touch -h -c -d {stamp} -- "$p"; _st "$p"')
+        assert body != fragment.body
+        fragment = S.Fragment(body, fragment.parse)
+    return _guarded(f'[ -L {q} ] && [ "$(readlink -- {q}; printf x)" = {t}x ] && {{ _st {q}; exit 0; }}', fragment)
 
 
 def link(existing: bytes, new: bytes) -> S.Fragment:

@@ -35,6 +35,7 @@ class Overlay:
         self.content: dict[bytes, Spooled] = {}
         self.origin: dict[bytes, bytes] = {}  # path -> VM path holding its (unchanged) content
         self.fresh: set[bytes] = set()  # directories created here
+        self._made: dict[bytes, int] = {}  # fresh directory -> seq of its mkdir
         self._seq: dict[bytes, int] = {}
         self._children: defaultdict[bytes, set[bytes]] = defaultdict(set)
 
@@ -82,6 +83,7 @@ class Overlay:
         self._set(path, attrs, seq)
         if fresh_dir:
             self.fresh.add(path)
+            self._made[path] = seq
 
     def write(self, path: bytes, attrs: Attrs, spooled: Spooled, seq: int) -> None:
         self._set(path, attrs, seq)
@@ -102,6 +104,7 @@ class Overlay:
         self.content.pop(path, None)
         self.origin.pop(path, None)
         self.fresh.discard(path)
+        self._made.pop(path, None)
 
     def move(self, old: bytes, new: bytes, attrs: Attrs, seq: int) -> None:
         """A file (never a directory: those are renamed through a barrier) moved ``old`` → ``new``."""
@@ -133,7 +136,12 @@ class Overlay:
         self._set(path, attrs, seq)
 
     def trim(self, acknowledged: int) -> list[bytes]:
-        """Forget every path whose last change is at or before ``acknowledged``; returns them."""
+        """Forget every path whose last change is at or before ``acknowledged``; returns them.
+        A fresh directory whose mkdir is acknowledged exists in the VM now: its listing comes
+        from the VM (with what is still pending in it) from then on."""
+        for path in [p for p, s in self._made.items() if s <= acknowledged]:
+            del self._made[path]
+            self.fresh.discard(path)
         done = [p for p, s in self._seq.items() if s <= acknowledged]
         for path in done:
             del self._seq[path]

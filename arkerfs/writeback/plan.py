@@ -242,7 +242,7 @@ def _fragment(change: Change, base, produced: set[bytes], landed: dict[bytes, B.
     if op == "rename":
         return B.rename(os.fsencode(a["old"]), os.fsencode(a["new"]), a.get("flags", 0))
     if op == "symlink":
-        return B.symlink(os.fsencode(a["target"]), os.fsencode(a["path"]))
+        return B.symlink(os.fsencode(a["target"]), os.fsencode(a["path"]), decode_attrs(a["attrs"]).mtime_ns)
     if op == "link":
         return B.link(os.fsencode(a["existing"]), os.fsencode(a["new"]))
     if op == "setattr":

@@ -31,6 +31,7 @@ from typing import Any
 import trio
 
 from arkerfs.fs.content import LocalContent
+from arkerfs.fs.cache import parent_of
 from arkerfs.fs.errors import FsError
 from arkerfs.fs.model import Attrs, Entry
 from arkerfs.protocol import CLIENT_MAX_FILE_BYTES
@@ -112,12 +113,14 @@ class WriteBack:
 
     # == changes recorded in the journal ======================================================
     async def mkdir(self, path: bytes, mode: int) -> Attrs:
+        self._may_change_entries(path)
         now = time.time_ns()
         attrs = Attrs(stat.S_IFDIR | (mode & 0o7777), 4096, 2, *self.owner, now, now, now, next(self._ino))
         self._record("mkdir", {"path": os.fsdecode(path), "mode": mode & 0o7777, "attrs": P.encode_attrs(attrs)})
         return attrs
 
     async def rmdir(self, path: bytes) -> None:
+        self._may_change_entries(path)
         attrs = await self._attrs(path)
         if not attrs.is_dir:
             raise FsError(errno.ENOTDIR)
@@ -126,6 +129,7 @@ class WriteBack:
         self._record("rmdir", {"path": os.fsdecode(path)})
 
     async def unlink(self, path: bytes) -> None:
+        self._may_change_entries(path)
         attrs = await self._attrs(path)
         if attrs.is_dir:
             raise FsError(errno.EISDIR)
@@ -135,6 +139,7 @@ class WriteBack:
         self._record("unlink", {"path": os.fsdecode(path)})
 
     async def rename(self, old: bytes, new: bytes, flags: int = 0) -> None:
+        self._may_change_entries(old, new)
         moved = await self._attrs(old)
         known, replaced = self._view(new)
         if moved.is_dir or flags == RENAME_EXCHANGE or (replaced is not None and replaced.is_dir) or (
@@ -151,6 +156,7 @@ class WriteBack:
                                 "attrs": P.encode_attrs(attrs)})
 
     async def symlink(self, target: bytes, path: bytes) -> Attrs:
+        self._may_change_entries(path)
         now = time.time_ns()
         attrs = Attrs(stat.S_IFLNK | 0o777, len(target), 1, *self.owner, now, now, now, next(self._ino),
                       symlink_target=target)
@@ -165,6 +171,7 @@ class WriteBack:
         return await self.remote.link(existing, new)
 
     async def create_empty(self, path: bytes, mode: int, *, exclusive: bool = True) -> Attrs:
+        self._may_change_entries(path)
         if self._view(path)[1] is not None:
             if exclusive:
                 raise FsError(errno.EEXIST)
@@ -273,6 +280,7 @@ class WriteBack:
     def _record(self, op: str, args: dict, content: tuple[str, int] | None = None) -> int:
         seq = self.journal.append(op, args, content)
         self._apply(seq, op, args, content[0] if content else None, content[1] if content else 0)
+        self._touch_parents(seq, op, args)
         self.pusher.recorded()
         return seq
 
@@ -298,6 +306,23 @@ class WriteBack:
             o.retitle(os.fsencode(args["path"]), attrs, seq)
         else:
             raise ValueError(f"unknown journal operation {op!r}")
+
+    def _touch_parents(self, seq: int, op: str, args: dict) -> None:
+        """An entry was added or removed: its directory's mtime, ctime (and link count, for a
+        subdirectory) move, as the VM will move them, shown until the change is pushed."""
+        if op in ("mkdir", "rmdir", "create", "symlink", "unlink"):
+            parents = {parent_of(os.fsencode(args["path"]))}
+        elif op == "rename":
+            parents = {parent_of(os.fsencode(args["old"])), parent_of(os.fsencode(args["new"]))}
+        else:
+            return
+        delta = {"mkdir": 1, "rmdir": -1}.get(op, 0)
+        now = time.time_ns()
+        for parent in parents:
+            known, attrs = self._view(parent)
+            if known and attrs is not None and attrs.is_dir:
+                self.overlay.retitle(parent, replace(attrs, mtime_ns=now, ctime_ns=now,
+                                                     nlink=max(attrs.nlink + delta, 2)), seq)
 
     def _replay(self) -> int:
         """Rebuild the overlay from what an earlier daemon left in the journal."""
@@ -325,6 +350,15 @@ class WriteBack:
         if attrs is None:
             raise FsError(errno.ENOENT)
         return attrs
+
+    def _may_change_entries(self, *paths: bytes) -> None:
+        """EACCES at once, as the VM would answer at the push, when a directory the change adds
+        a name to or removes one from is known to lock its owner (the VM's user) out."""
+        for path in paths:
+            known, attrs = self._view(parent_of(path))
+            if known and attrs is not None and attrs.uid == self.owner[0] and (
+                    attrs.mode & (stat.S_IWUSR | stat.S_IXUSR)) != stat.S_IWUSR | stat.S_IXUSR:
+                raise FsError(errno.EACCES, "the directory is not writable by the VM's user")
 
     def _only_here(self, path: bytes) -> bool:
         """Whether ``path`` exists only in the overlay (created here, not yet pushed)."""

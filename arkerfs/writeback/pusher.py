@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import trio
 
 from arkerfs.fs import batch as B
+from arkerfs.fs.cache import parent_of
 from arkerfs.fs.errors import FsError
 from arkerfs.fs.model import Attrs
 from arkerfs.fs.remote import BatchAmbiguous
@@ -184,6 +185,9 @@ class Pusher:
     def _note_result(self, step: P.Step, value, final: dict[bytes, Attrs | None]) -> None:
         change = step.change
         paths = P.paths_of(change)
+        if change.op != "setattr":  # an entry came or went: what the batch saw of its directory is stale
+            for path in paths:
+                final.pop(parent_of(path), None)
         if isinstance(value, B.Installed):
             if value.conflict is not None:
                 self._conflict(paths[0], value.conflict)
