@@ -18,7 +18,10 @@ import sys
 import tempfile
 import time
 
+import pytest
+
 from arkerfs.mount import runtime
+from tests.conftest import WRITE_MODES
 from tests.mountutil import Api, mounted
 
 MB = 1024 * 1024
@@ -57,8 +60,12 @@ def wait_enotconn(path: str) -> None:
         time.sleep(0.05)
 
 
-def test_kill_9_during_writes_leaves_every_file_old_or_new(server, tmp_path):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_kill_9_during_writes_leaves_every_file_old_or_new(server, tmp_path, mode):
+    """Write-back: what a close() returned for is in the journal; the next mount of the VM
+    replays it (here a mount that only pushes and unmounts)."""
     api = Api(server)
+    state = str(tmp_path / "state")  # the journal outlives the killed daemon
     vm = api.fork()
     rng = random.Random(99)
     names = [f"f{i}" for i in range(len(SIZES))]
@@ -74,7 +81,7 @@ def test_kill_9_during_writes_leaves_every_file_old_or_new(server, tmp_path):
             (src / name).write_bytes(data)
         order = names[:]
         rng.shuffle(order)
-        with mounted(server, vm_id=vm) as m:
+        with mounted(server, *WRITE_MODES[mode], vm_id=vm, state_home=state) as m:
             m.expect_exit = None  # killed on purpose
             writer = subprocess.Popen([sys.executable, "-c", WRITER, str(src), m.path, *order],
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -87,6 +94,9 @@ def test_kill_9_during_writes_leaves_every_file_old_or_new(server, tmp_path):
             done = arkerfs("umount", m.path, env=env)
             assert done.returncode == 0 and "stale mount" in done.stdout, done
             assert runtime.mount_entry(m.path) is None
+        if mode == "write-back":
+            with mounted(server, *WRITE_MODES[mode], vm_id=vm, state_home=state):
+                pass  # replayed before serving; the unmount pushes everything
         closed = [line.split()[1] for line in out.splitlines()]
         became_new = []
         for name in names:

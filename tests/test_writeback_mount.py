@@ -180,3 +180,28 @@ def test_kill_9_after_close_loses_nothing(server, api, tmp_path):
     with mounted(server, "--write-back", vm_id=vm, state_home=state) as m:
         pushed(m.path)
         assert vm_tree(api, vm, "copy") == local_tree(src)
+
+
+def test_kill_9_of_the_server_mid_batch_is_sent_again_with_the_same_result(tmp_path):
+    """The server dies while batches are in flight (an upload, or the install run, cut off);
+    after its restart the pusher sends the batch again, and the VM ends up exactly as if
+    nothing had happened: every file whole, modes and times exact, no staging name visible."""
+    from tests.test_faults_mount import private_server
+    from tests.test_faults_outage import restart
+    from tests.mountutil import Api
+
+    src = make_tree(str(tmp_path / "src"), dirs=6, files=40)
+    with private_server(tmp_path) as srv:
+        api = Api(srv)
+        vm = api.fork()
+        with mounted(srv, "--write-back", "--outage-timeout", "120", vm_id=vm) as m:
+            m.allow_log(r"WARNING|ERROR arkerfs\.(client|writeback|fs|mount)")
+            copier = subprocess.Popen(["cp", "-a", src, m.p("copy")])
+            time.sleep(0.4)  # the first batches are on their way
+            srv.kill()
+            assert copier.wait(120) == 0  # close() does not need the server in write-back mode
+            restart(srv, 1.0)
+            pushed(m.path)
+            assert vm_tree(api, vm, "copy") == local_tree(src)
+            names = api.sh(vm, f"find {HOME} -name '.arkerfs*' -prune -o -print")
+            assert "wb-" not in names and ".conflict-" not in names
