@@ -205,3 +205,18 @@ def test_kill_9_of_the_server_mid_batch_is_sent_again_with_the_same_result(tmp_p
             assert vm_tree(api, vm, "copy") == local_tree(src)
             names = api.sh(vm, f"find {HOME} -name '.arkerfs*' -prune -o -print")
             assert "wb-" not in names and ".conflict-" not in names
+
+
+def test_a_full_journal_makes_writers_wait_for_pushes_not_fail(server, api, control, tmp_path):
+    """--journal-max-bytes 1M: 8 files of 400 KB each still all close() with 0 (each waits
+    for the pushes that make room), and all of them reach the VM."""
+    data = {f"f{i}": os.urandom(400_000) for i in range(8)}
+    with mounted(server, "--write-back", "--journal-max-bytes", "1M") as m:
+        os.mkdir(m.p("big"))
+        for name, content in data.items():
+            with open(m.p("big", name), "wb") as f:
+                f.write(content)
+        pushed(m.path)
+        for name, content in data.items():
+            assert api.read_file(m.vm_id, f"{HOME}/big/{name}") == content
+        assert "journal full" in open(m.log_path).read()  # the bound was really reached

@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the VM in batches (see README, 'Write-back')")
     writes.add_argument("--write-through", dest="write_back", action="store_false",
                         help="every change is applied in the VM before its call returns (default)")
+    parser.add_argument("--journal-max-bytes", type=_byte_count, default=2 * 1024**3, metavar="BYTES",
+                        help="write-back: contents held locally before writers wait for pushes "
+                             "(default 2G; suffixes K, M, G; never more than the free space)")
     parser.add_argument("--outage-timeout", type=float, default=60.0, metavar="SECONDS",
                         help="while the API cannot be reached, operations wait and retry this long "
                              "before failing with EIO (default 60; 0 fails at once)")
@@ -130,6 +133,7 @@ def build_config(args: argparse.Namespace):
         cache_ttl=args.cache_ttl,
         read_only=args.read_only,
         write_back=args.write_back and not args.read_only,
+        journal_max_bytes=args.journal_max_bytes,
         outage_timeout=args.outage_timeout,
         run_timeout=args.run_timeout,
         connect_timeout=args.connect_timeout,
@@ -142,6 +146,19 @@ def build_config(args: argparse.Namespace):
         local=args.local,
         transform_symlinks=transform_symlinks,
     )
+
+
+def _byte_count(text: str) -> int:
+    """``--journal-max-bytes``: a number of bytes, with an optional K, M or G (powers of 1024)."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    number, unit = (text[:-1], units[text[-1].upper()]) if text and text[-1].upper() in units else (text, 1)
+    try:
+        value = int(float(number) * unit)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (e.g. 500M, 2G)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
 
 
 def check_mountpoint(mountpoint: str) -> None:

@@ -34,10 +34,12 @@ VALUE_OPTIONS = {
     "spool_dir": "--spool-dir",
     "log_file": "--log-file",
     "log_level": "--log-level",
+    "journal_max_bytes": "--journal-max-bytes",
 }
 # option -> arkerfs mount flag
 FLAG_OPTIONS = {"ro": "--read-only", "local": "--local", "debug": "--debug", "show_remote_owner": "--show-remote-owner",
-                "transform_symlinks": "--transform-symlinks", "no_transform_symlinks": "--no-transform-symlinks"}
+                "transform_symlinks": "--transform-symlinks", "no_transform_symlinks": "--no-transform-symlinks",
+                "write_back": "--write-back", "write_through": "--write-through"}
 # for mount(8), fstab or systemd only: nothing to do here
 DROPPED = {"rw", "defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "owner", "group"}
 DROPPED_PREFIXES = ("x-", "comment=")

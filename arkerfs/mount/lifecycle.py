@@ -71,7 +71,7 @@ async def run(config: MountConfig, report, ready: Callable[[str | None], None]) 
             await _local_server(stack, config)
         remote, listing = await _remote_checks(stack, config, report)
         if config.write_back:
-            remote = _journal_replay(stack, remote, report.vm_id, listing[0])
+            remote = _journal_replay(stack, remote, report.vm_id, listing[0], config.journal_max_bytes)
         vfs = _filesystem(config, remote, listing, report)
         await _status_socket(stack, config, report, vfs)
         _kernel_mount(stack, config, vfs, outcome)
@@ -123,7 +123,7 @@ async def _close_client(arker) -> None:
         await arker.aclose()
 
 
-def _journal_replay(stack: AsyncExitStack, remote, vm_id: str, root_attrs):
+def _journal_replay(stack: AsyncExitStack, remote, vm_id: str, root_attrs, max_bytes: int):
     """Step 3: the write-back port over ``remote``; it replays this VM's journal into its overlay
     (the pusher, step 8, ships what was replayed)."""
     from arkerfs.writeback.journal import Journal, JournalError
@@ -135,7 +135,7 @@ def _journal_replay(stack: AsyncExitStack, remote, vm_id: str, root_attrs):
         raise MountError(f"cannot use the write-back journal: {exc}") from None
     for path in journal.rescued:
         log.error("journal: content no change names (its close() never returned) kept in %s", path)
-    return WriteBack(remote, journal, owner=(root_attrs.uid, root_attrs.gid))
+    return WriteBack(remote, journal, owner=(root_attrs.uid, root_attrs.gid), max_bytes=max_bytes)
 
 
 def _filesystem(config: MountConfig, remote, listing, report):

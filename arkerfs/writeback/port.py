@@ -33,6 +33,7 @@ import trio
 from arkerfs.fs.content import LocalContent
 from arkerfs.fs.cache import parent_of
 from arkerfs.fs.errors import FsError
+from arkerfs.fs.remote import BatchAmbiguous
 from arkerfs.fs.model import Attrs, Entry
 from arkerfs.protocol import CLIENT_MAX_FILE_BYTES
 from arkerfs.writeback import plan as P
@@ -44,15 +45,19 @@ log = logging.getLogger(__name__)
 
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 SYNTHETIC_INO = 1 << 60  # remote inode numbers of nodes not yet in the VM start here
+DEFAULT_MAX_BYTES = 2 * 1024**3  # --journal-max-bytes
+FREE_SPACE_MARGIN = 64 * 1024**2  # the journal never takes the local disk's last bytes
 
 
 class WriteBack:
     """See the module doc. ``peek(path)`` (set by the VFS) answers from the mount's caches
     without a call: (True, attrs) known, (True, None) known absent, (False, None) unknown."""
 
-    def __init__(self, remote, journal: Journal, *, owner: tuple[int, int] = (1000, 1000)) -> None:
+    def __init__(self, remote, journal: Journal, *, owner: tuple[int, int] = (1000, 1000),
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.remote = remote
         self.journal = journal
+        self.max_bytes = max_bytes
         self.overlay = Overlay()
         self.owner = owner
         self.peek = lambda path: (False, None)
@@ -216,7 +221,11 @@ class WriteBack:
         if prior is not None and prior.nlink > 1:  # see ``link``
             await self._barrier()
             return await self.remote.write_file(path, source, size, mode=mode, in_place=True)
-        stored = await trio.to_thread.run_sync(self._store, source, size)
+        await self._room_for(size)
+        try:
+            stored = await trio.to_thread.run_sync(self._store, source, size)
+        except OSError as exc:  # the local disk itself is full (or failing)
+            raise FsError(exc.errno or errno.EIO, f"cannot journal the content: {exc}") from None
         if path in self.overlay:
             recorded_base: Any = P.CHAIN
         elif base is not None and base.remote_ino < SYNTHETIC_INO and base.is_reg:
@@ -234,6 +243,25 @@ class WriteBack:
                      stored)
         self.journal.commit()
         return attrs
+
+    async def _room_for(self, size: int) -> None:
+        """Wait, pushing, until ``size`` more bytes fit in the journal: within ``max_bytes`` and
+        within the local disk's free space (less a margin). A content larger than the bound
+        still goes once the journal is empty; only a full local disk gives ENOSPC."""
+        while True:
+            held = self.journal.summary()["bytes"]
+            disk = os.statvfs(self.journal.spool)
+            free = disk.f_bavail * disk.f_frsize - FREE_SPACE_MARGIN
+            if held + size <= min(self.max_bytes, held + free) or not self.journal.has_pushable():
+                if size > free + held and size > 0:
+                    raise FsError(errno.ENOSPC, "the local disk has no room for the journal")
+                return
+            log.info("journal full (%d bytes held, bound %d): waiting for pushes", held, self.max_bytes)
+            try:
+                await self.pusher.push_batch()
+            except (FsError, BatchAmbiguous) as exc:  # the writer waits out an outage
+                log.warning("journal full and the push failed (%s); waiting", exc)
+                await trio.sleep(1.0)
 
     # == barriers: applied now, after everything pending ======================================
     async def mknod(self, path: bytes, mode: int, rdev: int = 0) -> Attrs:
