@@ -19,12 +19,17 @@ import pytest
 from arkerfs import exitcodes
 from arkerfs.server.control import ServerProcess
 from conftest import TEST_KEY
+from tests.conftest import WRITE_MODES
 from tests.mountutil import Api, mounted
 
 MB = 1024 * 1024
 # What a mount logs while it retries; an EIO that reaches the application fails the test anyway.
 RETRY_NOISE = (r"WARNING arkerfs\.client: .*giving up", r"WARNING arkerfs\.mount\.ops: ",
                r"WARNING arkerfs\.fs\.remote: ")
+
+
+# the pusher's own retries (write-back)
+RETRY_NOISE += (r"WARNING arkerfs\.writeback\.pusher: push failed", r"WARNING arkerfs\.client: ")
 
 
 def allow(m, *patterns: str) -> None:
@@ -101,10 +106,11 @@ def workload(m, tag: str, rng: random.Random, *, big: bool = False) -> dict[str,
     return expected
 
 
-def test_503_storm_throttling_and_busy_are_ridden_out_byte_exact(server, api, control):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_503_storm_throttling_and_busy_are_ridden_out_byte_exact(server, api, control, mode):
     rng = random.Random(2026)
     expected: dict[str, bytes] = {}
-    with mounted(server) as m:
+    with mounted(server, *WRITE_MODES[mode]) as m:
         allow(m, *RETRY_NOISE)
         control.reset_stats()
         control.set_faults(fail_rate=0.3, seed=11)  # 503 storm
@@ -129,30 +135,59 @@ def test_503_storm_throttling_and_busy_are_ridden_out_byte_exact(server, api, co
         retried = m.log().count("retrying in")
     for path, data in expected.items():
         assert digest(api.read_file(m.vm_id, path)) == digest(data), path
-    assert retried >= 15, retried  # the faults really fired, and were retried
+    # the faults really fired, and were retried (write-back sends far fewer, batched requests)
+    assert retried >= (15 if mode == "write-through" else 2), retried
 
 
-def test_run_timeout_is_eio_and_the_mount_stays_alive(server, api, control):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_run_timeout_is_eio_and_the_mount_stays_alive(server, api, control, mode):
     vm = api.fork()
     api.sh(vm, "mkdir /home/user/d && echo x > /home/user/d/inside")
-    with mounted(server, "--run-timeout", "1", vm_id=vm) as m:
+    with mounted(server, *WRITE_MODES[mode], "--run-timeout", "1", vm_id=vm) as m:
         allow(m, *RETRY_NOISE, r"ERROR arkerfs\.fs\.remote: run did not complete")
         control.set_faults(run_stall_ms=30_000)  # every command hangs 30 s; the run limit is 1 s
         started = time.monotonic()
         assert errno_of(os.listdir, m.p("d")) == errno.EIO
-        assert errno_of(os.mkdir, m.p("new")) == errno.EIO
+        if mode == "write-through":
+            assert errno_of(os.mkdir, m.p("new")) == errno.EIO
+        else:
+            os.mkdir(m.p("new"))  # write-back: recorded; pushed once runs complete again
         elapsed = time.monotonic() - started
         assert elapsed < 20, elapsed  # ended by the 1 s run timeout, not the 30 s stall
         control.clear_faults()
         assert os.listdir(m.p("d")) == ["inside"]  # same mount, alive and well
-        os.mkdir(m.p("new"))
+        if mode == "write-through":
+            os.mkdir(m.p("new"))
         assert "timed out" in m.log() or "timed_out=True" in m.log()
     assert api.sh(vm, "ls /home/user").split().count("new") == 1
 
 
-def test_acted_then_failed_requests_are_reconciled_not_replayed(server, api, control):
+def test_a_batch_that_acted_then_failed_is_sent_again_with_the_same_result(server, api, control):
+    """Write-back: the first request of a push acts, then answers 504. The pusher cannot know
+    whether the batch ran, so it sends it again; every step checks whether it is done already
+    (the file already is that version, the rename already happened), so the VM ends up as if the
+    batch had run once."""
+    once = seed_for(0.5, [True] + [False] * 12)
+    with mounted(server, "--write-back") as m:
+        allow(m, *RETRY_NOISE)
+        write(m.p("a"), b"payload")
+        api.read_file(m.vm_id, "/home/user/a")  # pushed
+        control.reset_stats()
+        control.set_faults(fail_rate=0.5, fail_status=504, after_effect=True, seed=once)
+        os.rename(m.p("a"), m.p("b"))
+        write(m.p("c"), b"c" * 1000)
+        assert api.sh(m.vm_id, "cd /home/user && ls a b c 2>&1 | sort") == \
+            "b\nc\nls: cannot access 'a': No such file or directory\n"
+        control.clear_faults()
+        assert control.calls()["run"] >= 2  # the first push failed after acting and went again
+    assert api.read_file(m.vm_id, "/home/user/b") == b"payload"
+    assert api.read_file(m.vm_id, "/home/user/c") == b"c" * 1000
+
+
+@pytest.mark.parametrize("mode", ["write-through"])  # write-back: the test above
+def test_acted_then_failed_requests_are_reconciled_not_replayed(server, api, control, mode):
     once = seed_for(0.5, [True] + [False] * 12)  # only the first request fails (after acting)
-    with mounted(server) as m:
+    with mounted(server, *WRITE_MODES[mode]) as m:
         allow(m, *RETRY_NOISE)
         write(m.p("a"), b"payload")
         os.mkdir(m.p("dir"))
@@ -181,13 +216,14 @@ def test_acted_then_failed_requests_are_reconciled_not_replayed(server, api, con
     assert api.sh(m.vm_id, "cd /home/user && ls -d a b c dir dir2 2>/dev/null; true").split() == ["b", "c", "dir2"]
 
 
-def test_expired_presigned_read_url_is_requested_again(tmp_path):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_expired_presigned_read_url_is_requested_again(tmp_path, mode):
     with private_server(tmp_path, "--presign-ttl", "2", "--inline-read-limit", "1024") as srv:
         api = Api(srv)
         vm = api.fork()
         data = random.Random(5).randbytes(3 * MB)
         api.write_file(vm, "/home/user/big", data)
-        with mounted(srv, vm_id=vm) as m:
+        with mounted(srv, *WRITE_MODES[mode], vm_id=vm) as m:
             with open(m.p("big"), "rb") as f:
                 srv.control.reset_stats()
                 assert f.read(100) == data[:100]

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from test_faults_mount import private_server
+from tests.conftest import WRITE_MODES
 from tests.mountutil import Api, mounted
 
 MB = 1024 * 1024
@@ -20,12 +21,13 @@ def _sha256_in_vm(api, vm_id: str, name: str) -> str:
     return api.sh(vm_id, f"sha256sum /home/user/{name}").split()[0]
 
 
-def test_a_handle_never_mixes_two_versions_of_a_replaced_file(server, api):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_a_handle_never_mixes_two_versions_of_a_replaced_file(server, api, mode):
     vm_id = api.fork()
     # 40 MiB, far above the test server's 64 KiB inline limit: read through ranged GETs.
     api.sh(vm_id, "cd /home/user && head -c 41943040 /dev/urandom > big && head -c 41943040 /dev/urandom > new")
     old, new = _sha256_in_vm(api, vm_id, "big"), _sha256_in_vm(api, vm_id, "new")
-    with mounted(server, vm_id=vm_id) as m:
+    with mounted(server, *WRITE_MODES[mode], vm_id=vm_id) as m:
         _read_across_a_replacement(m, api, old, new)
 
 
@@ -55,11 +57,12 @@ def _read_until_refused(f, prefix: bytes) -> bytes:
     return bytes(got)
 
 
-def test_a_file_changed_in_place_fails_the_handle_with_estale(server, api):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_a_file_changed_in_place_fails_the_handle_with_estale(server, api, mode):
     vm_id = api.fork()
     api.sh(vm_id, "head -c 41943040 /dev/urandom > /home/user/big")
     old = bytes.fromhex(api.sh(vm_id, "head -c 1048576 /home/user/big | xxd -p | tr -d '\\n'"))
-    with mounted(server, vm_id=vm_id) as m:
+    with mounted(server, *WRITE_MODES[mode], vm_id=vm_id) as m:
         with open(m.p("big"), "rb", buffering=0) as f:
             first = f.read(MB)
             assert first == old
@@ -69,13 +72,14 @@ def test_a_file_changed_in_place_fails_the_handle_with_estale(server, api):
         assert len(got) < 41000000  # stopped before the changed bytes: no mix was returned
 
 
-def test_a_renewed_url_of_a_replaced_file_fails_with_estale(tmp_path):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_a_renewed_url_of_a_replaced_file_fails_with_estale(tmp_path, mode):
     with private_server(tmp_path, "--presign-ttl", "2", "--inline-read-limit", "1024") as srv:
         api = Api(srv)
         vm_id = api.fork()
         api.sh(vm_id, "cd /home/user && head -c 41943040 /dev/urandom > big && head -c 41943040 /dev/urandom > new")
         old = api.sh(vm_id, "head -c 1048576 /home/user/big | sha256sum").split()[0]
-        with mounted(srv, vm_id=vm_id) as m:
+        with mounted(srv, *WRITE_MODES[mode], vm_id=vm_id) as m:
             with open(m.p("big"), "rb", buffering=0) as f:
                 first = f.read(MB)
                 assert hashlib.sha256(first).hexdigest() == old
