@@ -27,7 +27,7 @@ from tests.mountutil import Api, mounted
 MB = 1024 * 1024
 SIZES = [10_000, 300_000, MB + 3, 5 * MB + 7, 7 * MB]  # inline and presigned uploads
 WRITER = r"""
-import os, sys
+import os, sys, time
 src, dst, names = sys.argv[1], sys.argv[2], sys.argv[3:]
 for name in names:
     with open(os.path.join(src, name), "rb") as f:
@@ -35,6 +35,7 @@ for name in names:
     with open(os.path.join(dst, name), "wb") as out:
         for off in range(0, len(data), 256 * 1024):
             out.write(data[off:off + 256 * 1024])
+            time.sleep(0.02)  # about a second in all: the kill lands mid-way (write-back is fast)
     print("closed", name, flush=True)
 """
 
