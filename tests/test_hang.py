@@ -17,9 +17,12 @@ import sys
 import threading
 import time
 
+import pytest
+
 from arkerfs import exitcodes
 from arkerfs.mount import runtime
-from tests.mountutil import mounted
+from tests.conftest import WRITE_MODES
+from tests.mountutil import Api, mounted
 from tests.test_faults_mount import private_server
 
 # Upper bounds that only detect a hang (the old behaviour was 180 s per operation).
@@ -64,9 +67,10 @@ def umount(mnt: str, *args: str, env: dict) -> tuple[subprocess.CompletedProcess
     return done, time.monotonic() - started
 
 
-def test_unanswered_requests_fail_with_eio_by_the_outage_deadline(tmp_path):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_unanswered_requests_fail_with_eio_by_the_outage_deadline(tmp_path, mode):
     with private_server(tmp_path) as srv:
-        with mounted(srv, "--outage-timeout", "5") as m:
+        with mounted(srv, *WRITE_MODES[mode], "--outage-timeout", "5") as m:
             for pattern in NOISE:
                 m.allow_log(pattern)
             os.mkdir(m.p("d"))
@@ -83,9 +87,10 @@ def test_unanswered_requests_fail_with_eio_by_the_outage_deadline(tmp_path):
             assert {"after", "d"} <= set(os.listdir(m.path))
 
 
-def test_umount_with_an_unresponsive_api_times_out_then_force_rescues(tmp_path):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_umount_with_an_unresponsive_api_times_out_then_force_rescues(tmp_path, mode):
     with private_server(tmp_path) as srv:
-        with mounted(srv) as m:  # default --outage-timeout 60: the push would wait 60 s
+        with mounted(srv, *WRITE_MODES[mode]) as m:  # default --outage-timeout 60: the push would wait 60 s
             m.expect_exit = None  # given up on purpose
             for pattern in (*NOISE, r"WARNING arkerfs\.mount\.daemon: SIGUSR2: giving up"):
                 m.allow_log(pattern)
@@ -104,6 +109,7 @@ def test_umount_with_an_unresponsive_api_times_out_then_force_rescues(tmp_path):
                 lister.start()
                 done, took = umount(m.path, "--timeout", "3", env=env)
                 assert took < HANG, took
+                open("/tmp/hanglog", "w").write(m.log() + done.stderr)
                 assert done.returncode == exitcodes.PENDING, done
                 assert "still pushing" in done.stderr and "unsent" in done.stderr, done.stderr
                 assert "--force" in done.stderr, done.stderr
@@ -114,11 +120,18 @@ def test_umount_with_an_unresponsive_api_times_out_then_force_rescues(tmp_path):
                 assert runtime.mount_entry(m.path) is None, done
                 assert done.returncode == exitcodes.PENDING, done
                 assert "data kept in: " in done.stderr, (done.stderr, m.log())
-                rescue = done.stderr.split("data kept in: ")[1].splitlines()[0].split(",")[0].strip()
-                with open(rescue) as saved:
-                    assert saved.read() == "precious"
+                if mode == "write-through":
+                    rescue = done.stderr.split("data kept in: ")[1].splitlines()[0].split(",")[0].strip()
+                    with open(rescue) as saved:
+                        assert saved.read() == "precious"
+                else:  # SIGTERM's push had put it in the journal: kept there for the next mount
+                    assert "write-back journal: " in done.stderr, done.stderr
                 m.proc.wait(HANG)  # the daemon is gone
                 lister.join(HANG)
                 assert not lister.is_alive()  # the blocked application was freed
             holder.stdin.close()
             assert holder.wait(HANG) != 0  # its close failed: the mount is gone
+            if mode == "write-back":  # the next mount of the VM pushes what the journal kept
+                with mounted(srv, *WRITE_MODES[mode], vm_id=m.vm_id, state_home=os.path.dirname(m.path)):
+                    pass
+                assert Api(srv).read_file(m.vm_id, "/home/user/unsent") == b"precious"

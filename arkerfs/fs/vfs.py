@@ -496,6 +496,7 @@ class VFS:
                 for change in failed:
                     log.error("kept in the journal (the VM refused it: %s): %s %s", change.failed,
                               change.op, " -> ".join(os.fsdecode(p) for p in _paths_of(change)))
+        self._note_journal_kept()
         self.inodes.forget_all()
         return list(self.rescued)
 
@@ -557,7 +558,19 @@ class VFS:
         for ino, file in list(self._files.items()):
             if file.dirty:
                 self._drop_file(ino, file)  # rescues the content (logged at ERROR with its path)
+        self._note_journal_kept()
         return list(self.rescued)
+
+    def _note_journal_kept(self) -> None:
+        """Write-back: what is still in the journal is kept there (durable) for the next mount of
+        the VM; listed with the rescue files so `arkerfs umount` says where the data is."""
+        if not self.write_back:
+            return
+        changes = self.remote.journal.summary()["changes"]
+        note = f"{self.remote.journal.directory} (write-back journal: {changes} change(s), pushed by the next mount of this VM)"
+        if changes and not any(r.startswith(str(self.remote.journal.directory)) for r in self.rescued):
+            log.error("unmounting with %d change(s) not pushed; kept in %s", changes, self.remote.journal.directory)
+            self.rescued.append(note)
 
     # == extended attributes ===================================================================
     async def getxattr(self, ino: int, name: bytes) -> bytes:
