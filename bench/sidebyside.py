@@ -29,7 +29,7 @@ from bench.proxy import DelayProxy
 from bench.targets import ArkerfsTarget, SshfsTarget, force_unmount, started
 from bench.workloads import Sizes, Workload, build_fixtures, git_env, workloads
 
-TARGETS = ("arkerfs", "sshfs", "sdk")
+TARGETS = ("arkerfs", "arkerfs-wb", "sshfs", "sdk")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NOT_PUSHED_NOTE = "n/a (write-through: pushed at close)"
 
@@ -90,6 +90,8 @@ def _start_targets(names: list[str], workdir: Path, stack: ExitStack, notes: lis
     targets = []
     if "arkerfs" in names or "sdk" in names:
         targets.append(stack.enter_context(started(ArkerfsTarget(workdir))))
+    if "arkerfs-wb" in names:
+        targets.append(stack.enter_context(started(ArkerfsTarget(workdir, write_back=True))))
     if "sshfs" in names:
         why_not = SshfsTarget.available()
         if why_not:
@@ -264,22 +266,24 @@ def print_tables(result: dict) -> None:
     for rtt in meta["rtt_ms"]:
         rows = [r for r in result["results"] if r["rtt_ms"] == rtt]
         by = {(r["workload"], r["target"]): r for r in rows}
-        table = [("workload", "files", "arkerfs s", "pushed s", "sshfs s", "ratio", "SDK s",
+        table = [("workload", "files", "mode", "arkerfs s", "pushed s", "sshfs s", "ratio", "SDK s",
                   "API calls", "calls/file", "calls by kind")]
         for key in meta["workloads"]:
-            ark, ssh, sdk = by.get((key, "arkerfs")), by.get((key, "sshfs")), by.get((key, "sdk"))
-            any_row = ark or ssh or sdk
-            if any_row is None:
-                continue
-            calls = (ark or {}).get("calls") or {}
-            table.append((
-                any_row["title"], str(any_row["files"]), _seconds(ark), _pushed(ark), _seconds(ssh),
-                f"{ark['ratio_to_sshfs']:.2f}" if ark and ark.get("ratio_to_sshfs") else "-",
-                _seconds(sdk) + (f" ({sum(sdk['calls'].values())} calls)" if sdk and sdk.get("calls") else ""),
-                str(sum(calls.values())) if ark and ark["wall_s"] is not None else "-",
-                f"{ark['calls_per_file']:.2f}" if ark and ark.get("calls_per_file") is not None else "-",
-                " ".join(f"{k}={v}" for k, v in calls.items()) or "-",
-            ))
+            ssh, sdk = by.get((key, "sshfs")), by.get((key, "sdk"))
+            for name, mode in (("arkerfs", "write-through"), ("arkerfs-wb", "write-back")):
+                ark = by.get((key, name))
+                any_row = ark or ssh or sdk
+                if any_row is None or (ark is None and name == "arkerfs-wb"):
+                    continue
+                calls = (ark or {}).get("calls") or {}
+                table.append((
+                    any_row["title"], str(any_row["files"]), mode, _seconds(ark), _pushed(ark), _seconds(ssh),
+                    f"{ark['ratio_to_sshfs']:.2f}" if ark and ark.get("ratio_to_sshfs") else "-",
+                    _seconds(sdk) + (f" ({sum(sdk['calls'].values())} calls)" if sdk and sdk.get("calls") else ""),
+                    str(sum(calls.values())) if ark and ark["wall_s"] is not None else "-",
+                    f"{ark['calls_per_file']:.2f}" if ark and ark.get("calls_per_file") is not None else "-",
+                    " ".join(f"{k}={v}" for k, v in calls.items()) or "-",
+                ))
         runs = meta["runs"]
         print(f"\nSide by side at {rtt:g} ms RTT, median of {runs} run{'s' * (runs != 1)}"
               f"{' (--quick sizes)' if meta['quick'] else ''}; {meta['nproc']} CPUs, Linux {meta['kernel']}, "

@@ -50,10 +50,13 @@ def _tar_of(tree: Path, scratch: Path) -> Path:
 
 
 class ArkerfsTarget:
-    name = "arkerfs"
+    """arkerfs over its own local server; ``write_back``: mounted with ``--write-back`` (target
+    ``arkerfs-wb``, with a server of its own so the call counts never mix)."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir / "arkerfs"
+    def __init__(self, workdir: Path, *, write_back: bool = False) -> None:
+        self.name = "arkerfs-wb" if write_back else "arkerfs"
+        self.write_back = write_back
+        self.workdir = workdir / self.name
         self.workdir.mkdir()
         self.server = ServerProcess(data_dir=self.workdir / "data", api_key="ark_bench_" + secrets.token_hex(8),
                                     log_path=self.workdir / "server.log")
@@ -136,7 +139,7 @@ class ArkerfsTarget:
         env = self._env(base)
         subprocess.run([*_ARKERFS, "mount", self.vm_id, str(mnt), "--base-url", proxy.url,
                         "--list-base-url", proxy.url, "--spool-dir", str(base / "spool"),
-                        "--log-file", str(base / "mount.log")],
+                        "--log-file", str(base / "mount.log"), *(["--write-back"] if self.write_back else [])],
                        env=env, check=True, stdout=subprocess.DEVNULL)
         try:
             yield mnt
@@ -156,7 +159,7 @@ class ArkerfsTarget:
     def _env(self, base: Path) -> dict[str, str]:
         # The key goes to the arkerfs commands only, never to the workload's commands.
         return {**os.environ, "ARKER_API_KEY": self.server.api_key, "XDG_RUNTIME_DIR": str(base),
-                "XDG_CACHE_HOME": str(base)}
+                "XDG_CACHE_HOME": str(base), "XDG_STATE_HOME": str(base)}
 
     def _umount(self, mnt: Path, env: dict[str, str]) -> float:
         start = time.perf_counter()
