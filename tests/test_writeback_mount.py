@@ -155,6 +155,7 @@ def test_a_change_made_in_the_vm_meanwhile_is_never_overwritten(server, api, con
         copies = api.sh(vm, f"ls {HOME} | grep '^notes.txt.conflict-' || true").split()
         assert len(copies) == 1, copies
         assert api.sh(vm, f"cat {HOME}/{copies[0]}") == "line-1\nlocal-line-2\n"
+        assert os.getxattr(m.p("notes.txt"), "user.arkerfs.state") == b"conflict"
 
 
 def test_kill_9_after_close_loses_nothing(server, api, tmp_path):

@@ -286,10 +286,12 @@ class WriteBack:
         return sorted({os.fsdecode(p) for c in self.journal.pending() for p in P.paths_of(c)[-1:]})
 
     def state_of(self, path: bytes) -> str | None:
-        """Sync state of a path with pending changes (pending/pushing/failed), else None."""
+        """Sync state of a path with pending changes (pending/pushing/failed); ``conflict`` for
+        a file whose last push met a change made in the VM (the local version was saved beside
+        it) until it is changed here again; else None."""
         seq = self.overlay.seq_of(path)
         if seq is None:
-            return None
+            return "conflict" if os.fsdecode(path) in self.pusher.conflicted else None
         if self.pusher.in_flight and seq in self.pusher.in_flight:
             return "pushing"
         failed = {c.seq for c in self.journal.pending() if c.failed is not None}

@@ -81,6 +81,7 @@ class Pusher:
         self._since_batch = 0
         self._versions: dict[bytes, B.Version] = {}  # what this mount last installed, per path
         self.conflicts: list[Conflict] = []
+        self.conflicted: set[str] = set()  # paths whose last push was a conflict
         self.batches = 0
         self.pushing = False
         self.last_error: str | None = None
@@ -206,6 +207,8 @@ class Pusher:
             final.pop(paths[0], None)
             self._versions.pop(paths[0], None)
         elif isinstance(value, Attrs):
+            for path in paths:
+                self.conflicted.discard(os.fsdecode(path))
             for path in paths:  # a link's record is of the one inode both names share
                 final[path] = value
             if value.is_reg:
@@ -233,6 +236,7 @@ class Pusher:
         log.warning("conflict: %s was changed in the VM since this mount read it; the VM's version "
                     "stays, the local version was saved as %s", os.fsdecode(path), os.fsdecode(kept))
         self.conflicts.append(Conflict(os.fsdecode(path), os.fsdecode(kept), time.time()))
+        self.conflicted.add(os.fsdecode(path))
 
     # == timing ================================================================================
     def _has_work(self) -> bool:
