@@ -74,6 +74,7 @@ def test_unanswered_requests_fail_with_eio_by_the_outage_deadline(tmp_path, mode
             for pattern in NOISE:
                 m.allow_log(pattern)
             os.mkdir(m.p("d"))
+            Api(srv).run(m.vm_id, "true")  # (write-back: waits until the mkdir is in the VM)
             time.sleep(3.5)  # past --cache-ttl (3 s): nothing below is answered from the cache
             with stopped(srv):
                 code, took = timed_errno(os.stat, m.p("never-seen"))

@@ -310,13 +310,13 @@ def _settings() -> settings:
     return settings(**common, derandomize=SEED is None)
 
 
-@pytest.mark.timeout(max(600, EXAMPLES * STEPS))
-async def test_vfs_behaves_like_a_local_directory(tmp_path):
-    target = InProcessTarget(str(tmp_path))
+async def run_model(target: InProcessTarget, model: type[InProcessModel]) -> None:
+    """Run ``model``'s rules on ``target`` (from a worker thread: VFS calls come back to this
+    trio loop), with arkerfs' WARNING+ log lines collected; the VM is closed at the end."""
     logger = logging.getLogger("arkerfs")
     logger.addHandler(target.problems)
-    InProcessModel.target = target
-    machine = InProcessModel
+    model.target = target
+    machine = model
     if SEED is not None:
         machine = seed(int(SEED))(machine)
     if REPRODUCE:
@@ -324,10 +324,16 @@ async def test_vfs_behaves_like_a_local_directory(tmp_path):
     try:
         await trio.to_thread.run_sync(lambda: run_state_machine_as_test(machine, settings=_settings()))
     finally:
-        InProcessModel.target = None
+        model.target = None
         logger.removeHandler(target.problems)
         with trio.CancelScope(shield=True):
             await target.vm.aclose()
+
+
+@pytest.mark.timeout(max(600, EXAMPLES * STEPS))
+async def test_vfs_behaves_like_a_local_directory(tmp_path):
+    target = InProcessTarget(str(tmp_path))
+    await run_model(target, InProcessModel)
     print(f"in-process model: {target.vm.calls['run']} runs ({target.vm.calls['run'] / max(target.vm.run_seconds, 1e-9):.0f}/s), "
           f"{target.vm.calls['sync_read']} sync reads, {target.vm.calls['ranged_read']} ranged reads, "
           f"{target.vm.calls['sync_write']} sync writes, {target.mounts} mounts, {target.steps} steps")

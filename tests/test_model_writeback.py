@@ -20,18 +20,15 @@ import logging
 import os
 from pathlib import Path
 
-import hypothesis
 import pytest
-import trio
-from hypothesis import reproduce_failure, seed
-from hypothesis.stateful import invariant, run_state_machine_as_test
+from hypothesis.stateful import invariant
 
 from arkerfs.fs.remote import RemoteFS
 from arkerfs.fs.vfs import VFS, Options
 from arkerfs.writeback.journal import Journal
 from arkerfs.writeback.port import WriteBack
 from tests.modelrules import guard
-from tests.test_model_inprocess import (CACHE_TTL, REPRODUCE, SEED, InProcessModel, InProcessTarget, _settings)
+from tests.test_model_inprocess import CACHE_TTL, InProcessModel, InProcessTarget, run_model
 from tests.vfsdriver import VfsDriver
 
 VM_EVERY = 5
@@ -53,7 +50,7 @@ class WriteBackTarget(InProcessTarget):
         self.mounts += 1
 
     def drain(self) -> None:
-        failed = self.call(self.port.pusher.drain)
+        failed = self.call(self.port.drain, retry_failed=True)
         assert not failed, f"changes the VM refused: {failed}"
 
     def vm_snapshot(self, vm_root: bytes):
@@ -99,24 +96,15 @@ class WriteBackModel(InProcessModel):
 @pytest.mark.timeout(1800)
 async def test_write_back_vfs_behaves_like_a_local_directory(tmp_path):
     target = WriteBackTarget(str(tmp_path))
-    logger = logging.getLogger("arkerfs")
+    trace = None
     if os.environ.get("ARKERFS_WB_TRACE"):  # every batch the pusher sends, to this file
         trace = logging.FileHandler(os.environ["ARKERFS_WB_TRACE"])
         logging.getLogger("arkerfs.writeback.pusher").setLevel(logging.DEBUG)
         logging.getLogger("arkerfs.writeback.pusher").addHandler(trace)
-    logger.addHandler(target.problems)
-    WriteBackModel.target = target
-    machine = WriteBackModel
-    if SEED is not None:
-        machine = seed(int(SEED))(machine)
-    if REPRODUCE:
-        machine = reproduce_failure(hypothesis.__version__, REPRODUCE)(machine)
     try:
-        await trio.to_thread.run_sync(lambda: run_state_machine_as_test(machine, settings=_settings()))
+        await run_model(target, WriteBackModel)
     finally:
-        WriteBackModel.target = None
-        logger.removeHandler(target.problems)
-        with trio.CancelScope(shield=True):
-            await target.vm.aclose()
+        if trace is not None:
+            logging.getLogger("arkerfs.writeback.pusher").removeHandler(trace)
     print(f"write-back model: {target.vm.calls['run']} runs, {target.vm.calls['sync_write']} sync writes, "
           f"{target.mounts} mounts ({target.crashes} crashes), {target.steps} steps")

@@ -8,6 +8,7 @@ here the kernel, the pusher running as a service, the daemon's lifecycle and cra
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -221,3 +222,32 @@ def test_a_full_journal_makes_writers_wait_for_pushes_not_fail(server, api, cont
         for name, content in data.items():
             assert api.read_file(m.vm_id, f"{HOME}/big/{name}") == content
         assert "journal full" in open(m.log_path).read()  # the bound was really reached
+
+
+def test_fsync_reports_a_change_the_vm_refused_and_it_holds_back_nothing_else(server, api):
+    """The VM refuses a change the mount accepted (its directory was made read-only inside the
+    VM meanwhile): fsync of that file says EIO (the data stays in the journal), while changes
+    elsewhere, even one applied through a barrier (a directory rename), still go."""
+    from arkerfs import exitcodes
+    from tests.test_mount import errno_of
+
+    vm = api.fork()
+    api.sh(vm, f"mkdir {HOME}/ro")
+    with mounted(server, "--write-back", "--cache-ttl", "600", vm_id=vm) as m:
+        m.allow_log(r"ERROR arkerfs\.(writeback\.pusher: the VM refused|fs\.vfs: (unmounting|kept))")
+        m.allow_log(r"WARNING arkerfs\.mount\.ops: fsync")
+        m.expect_exit = exitcodes.PENDING  # the refused change is kept in the journal at unmount
+        assert os.listdir(m.p("ro")) == []  # known to the mount as writable
+        api.sh(vm, f"chmod 555 {HOME}/ro")
+        fd = os.open(m.p("ro/f"), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"kept")
+            assert errno_of(os.fsync, fd) == errno.EIO
+        finally:
+            os.close(fd)
+        os.mkdir(m.p("d"))
+        os.rename(m.p("d"), m.p("d2"))  # a barrier: not held back by the refused change
+        assert os.listdir(m.path) and "d2" in os.listdir(m.path)
+    names = api.sh(vm, f"ls -A {HOME}").split()
+    assert "d2" in names and "d" not in names
+    assert api.sh(vm, f"ls -A {HOME}/ro") == ""  # refused: the VM's directory stays as it was

@@ -415,18 +415,24 @@ class VFS:
         handle = self._handles[fh]
         if handle.file.buffer is not None:
             await self._push(handle.ino, handle.file)
-        await self._drain()
+        if self.write_back:
+            self._refused_here(self.inodes.path(handle.ino), await self.remote.drain(retry_failed=False))
 
     async def fsyncdir(self, fh: int) -> None:
         """Returns once the directory's entries are in the VM (write-through: already)."""
-        await self._drain()
+        if self.write_back:
+            directory = self.inodes.path(self._dirs[fh].ino)
+            self._refused_here(directory, await self.remote.drain(retry_failed=False), inside=True)
 
-    async def _drain(self) -> list[tuple[str, str]]:
-        """Write-back: push everything recorded so far; (path, error) of what could not go."""
-        if not self.write_back:
-            return []
-        failed = await self.remote.pusher.drain(retry_failed=False)
-        return [(os.fsdecode(p), c.failed or "") for c in failed for p in _paths_of(c)]
+    @staticmethod
+    def _refused_here(path: bytes, refused: list[tuple[str, str]], *, inside: bool = False) -> None:
+        """fsync's answer in write-back mode: EIO when the VM refused a change of ``path`` (or of
+        an entry in it, for a directory); the change stays kept in the journal."""
+        name = os.fsdecode(path)
+        for where, why in refused:
+            if where == name or (inside and os.path.dirname(where) == name):
+                raise FsError(errno.EIO, f"the VM refused a change of {where} ({why}); it is kept "
+                                         "and retried by `arkerfs sync`")
 
     async def release(self, fh: int) -> int | None:
         """Close a handle. Returns the inode if what it shows changed (refused content was
@@ -458,11 +464,9 @@ class VFS:
                 failed.append((self._path_for_report(ino), str(exc)))
         if self.write_back:  # `arkerfs sync` and unmount: changes marked failed get another try
             try:
-                refused = await self.remote.pusher.drain(retry_failed=True)
+                failed += await self.remote.drain(retry_failed=True)
             except FsError as exc:
                 failed += [(path, str(exc)) for path in self.remote.pending_paths()]
-            else:
-                failed += [(os.fsdecode(p), c.failed or "") for c in refused for p in _paths_of(c)[-1:]]
         return failed
 
     def _path_for_report(self, ino: int) -> str:
@@ -489,13 +493,12 @@ class VFS:
                     self._drop_file(ino, file)
         if self.write_back:  # what cannot go now stays in the journal for the next mount
             try:
-                failed = await self.remote.pusher.drain(retry_failed=True)
+                refused = await self.remote.drain(retry_failed=True)
             except FsError as exc:
                 log.error("pending changes stay in the journal for the next mount: %s", exc)
             else:
-                for change in failed:
-                    log.error("kept in the journal (the VM refused it: %s): %s %s", change.failed,
-                              change.op, " -> ".join(os.fsdecode(p) for p in _paths_of(change)))
+                for path, why in refused:
+                    log.error("kept in the journal (the VM refused it): %s: %s", path, why)
         self._note_journal_kept()
         self.inodes.forget_all()
         return list(self.rescued)
@@ -926,12 +929,6 @@ class VFS:
                     self.rescued.append(saved)
                     log.error("unsent data of %s saved to %s", path.decode("utf-8", "replace"), saved)
         file.buffer.close()
-
-
-def _paths_of(change) -> tuple[bytes, ...]:
-    from arkerfs.writeback.plan import paths_of
-
-    return paths_of(change)
 
 
 def _not_state_xattr(name: bytes) -> None:

@@ -185,6 +185,10 @@ class Journal:
         return [Change(seq, op, json.loads(args), content, size, created, attempts, failed)
                 for seq, op, args, content, size, created, attempts, failed in rows]
 
+    def is_failed(self, seq: int) -> bool:
+        """Whether change ``seq`` is pending and marked failed."""
+        return self._db.execute("SELECT 1 FROM changes WHERE seq=? AND failed IS NOT NULL", (seq,)).fetchone() is not None
+
     def has_pushable(self) -> bool:
         """Whether a change not marked failed is pending."""
         return self._db.execute("SELECT 1 FROM changes WHERE failed IS NULL LIMIT 1").fetchone() is not None

@@ -276,10 +276,17 @@ class WriteBack:
         await self._barrier()
         return await self.remote.removexattr(path, name)
 
+    async def drain(self, *, retry_failed: bool) -> list[tuple[str, str]]:
+        """Push everything recorded so far (``retry_failed``: changes the VM refused get another
+        try). Returns (VM path, why) of each change still refused; raises FsError when the VM
+        cannot be reached."""
+        refused = await self.pusher.drain(retry_failed=retry_failed)
+        return [(os.fsdecode(P.paths_of(c)[-1]), f"{c.op}: {c.failed}") for c in refused]
+
     async def _barrier(self) -> None:
-        failed = await self.pusher.drain(retry_failed=False)
-        if failed:
-            raise FsError(errno.EIO, f"{len(failed)} earlier change(s) could not be pushed")
+        """Everything recorded before is pushed (a change the VM refused stays kept and marked
+        failed: it does not hold back unrelated changes)."""
+        await self.pusher.drain(retry_failed=False)
 
     # == state =================================================================================
     def pending_paths(self) -> list[str]:
@@ -294,8 +301,7 @@ class WriteBack:
             return "conflict" if os.fsdecode(path) in self.pusher.conflicted else None
         if self.pusher.in_flight and seq in self.pusher.in_flight:
             return "pushing"
-        failed = {c.seq for c in self.journal.pending() if c.failed is not None}
-        return "failed" if seq in failed else "pending"
+        return "failed" if self.journal.is_failed(seq) else "pending"
 
     # == internals =============================================================================
     def _store(self, source, size: int) -> tuple[str, int]:
