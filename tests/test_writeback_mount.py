@@ -251,3 +251,41 @@ def test_fsync_reports_a_change_the_vm_refused_and_it_holds_back_nothing_else(se
     names = api.sh(vm, f"ls -A {HOME}").split()
     assert "d2" in names and "d" not in names
     assert api.sh(vm, f"ls -A {HOME}/ro") == ""  # refused: the VM's directory stays as it was
+
+
+def test_git_add_and_commit_of_50_changed_files_costs_a_few_batches(server, api, control):
+    """A repository made and edited through the mount: ``git add -A && git commit`` of 50
+    changed files. Git writes each object under a temporary name and publishes it with a hard
+    link (then unlinks the temporary name): those links are journaled like any other change."""
+    from tests.test_tools_apps import GIT_ENV
+
+    with mounted(server, *WRITE_BACK) as m:
+        repo = m.p("repo")
+        os.mkdir(repo)
+
+        def git(*args: str) -> str:
+            return run("git", *args, cwd=repo, env=GIT_ENV)
+
+        git("init", "-q", "-b", "main")
+        for i in range(50):
+            os.makedirs(os.path.join(repo, f"src{i % 5}"), exist_ok=True)
+            with open(os.path.join(repo, f"src{i % 5}", f"m{i:02d}.py"), "w") as f:
+                f.write(f"value = {i}\n")
+        git("add", "-A")
+        git("commit", "-qm", "first")
+        for i in range(50):
+            with open(os.path.join(repo, f"src{i % 5}", f"m{i:02d}.py"), "a") as f:
+                f.write(f"more = {i * i}\n")
+        pushed(m.path)
+        control.reset_stats()
+        git("add", "-A")
+        git("commit", "-qm", "second")
+        pushed(m.path)
+        cost = control.nonzero_calls()
+        print("git add -A && git commit of 50 files:", cost)
+        assert sum(cost.values()) <= 10, cost
+        assert git("status", "--porcelain") == ""
+        vm_git = f"git -c safe.directory='*' -C {HOME}/repo"
+        assert api.sh(m.vm_id, f"{vm_git} log --format=%s") == "second\nfirst\n"
+        assert api.sh(m.vm_id, f"{vm_git} fsck --full --strict 2>&1; echo rc=$?").endswith("rc=0\n")
+        assert api.sh(m.vm_id, f"{vm_git} status --porcelain") == ""

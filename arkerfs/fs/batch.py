@@ -148,9 +148,16 @@ def symlink(target: bytes, path: bytes, mtime_ns: int | None = None) -> S.Fragme
     return _guarded(f'[ -L {q} ] && [ "$(readlink -- {q}; printf x)" = {t}x ] && {{ _st {q}; exit 0; }}', fragment)
 
 
-def link(existing: bytes, new: bytes) -> S.Fragment:
+def link(existing: bytes, new: bytes, removed_later: Version | None = None) -> S.Fragment:
+    """``removed_later``: the file's version when a later step of the same batch removes
+    ``existing`` (git publishes an object so: link, then unlink the temporary name). Sent
+    again, the batch finds ``new`` already that version and ``existing`` gone or made anew."""
     e, n = S.quote(existing), S.quote(new)
-    return _guarded(f'[ -e {n} ] && [ {n} -ef {e} ] && {{ _st {n}; exit 0; }}', S.link(existing, new))
+    same = f'[ "$(stat -c %d:%i -- {n})" = "$(stat -c %d:%i -- {e} 2>/dev/null)" ]'  # never follows a symlink
+    if removed_later is not None:
+        size_mtime = removed_later.printed().split(":", 1)[1]
+        same = f'{{ {same} || [ "$(find {n} -maxdepth 0 -printf %s:%T@)" = {size_mtime} ]; }}'
+    return _guarded(f'_x {n} && {same} && {{ _st {n}; exit 0; }}', S.link(existing, new))
 
 
 def setattr(path: bytes, *, mode: int | None = None, atime_ns: int | None = None,

@@ -245,16 +245,14 @@ class MetaCache:
         if listing is not None and name_of(path) in listing:
             del self._listings[parent_of(path)]
 
-    def invalidate_links(self, remote_ino: int) -> None:
-        """Forget every cached name of the remote file ``remote_ino`` (a hard-linked file lost
-        a name: the others show a new nlink and ctime). Scans the cache; only for nlink > 1."""
-        stale = [path for path, attrs in list(self._attrs.items())
-                 if attrs.remote_ino == remote_ino and not attrs.is_dir]
+    def names_of(self, remote_ino: int) -> set[bytes]:
+        """Every cached name of the (hard-linked) remote file ``remote_ino``. Scans the cache."""
+        names = {path for path, attrs in list(self._attrs.items())
+                 if attrs.remote_ino == remote_ino and not attrs.is_dir}
         for directory, listing in list(self._listings.items()):
-            stale += [directory + b"/" + name for name, attrs in listing.items()
-                      if attrs.remote_ino == remote_ino and not attrs.is_dir]
-        for path in set(stale):
-            self.invalidate(path)
+            names.update(directory + b"/" + name for name, attrs in listing.items()
+                         if attrs.remote_ino == remote_ino and not attrs.is_dir)
+        return names
 
     def invalidate_listing(self, path: bytes) -> None:
         self.generation += 1

@@ -269,7 +269,7 @@ class VFS:
         before = self.cache.attrs(path)
         await self.remote.unlink(path)
         if before is not None and before.nlink > 1:  # names the kernel forgot are cached too
-            self.cache.invalidate_links(before.remote_ino)
+            self._other_names_lost_a_link(before.remote_ino)
         self.cache.removed(path, is_dir=False)
         self.cache.dir_changed(self.inodes.path(parent))
         self.content.forget(path)
@@ -416,7 +416,9 @@ class VFS:
         if handle.file.buffer is not None:
             await self._push(handle.ino, handle.file)
         if self.write_back:
-            self._refused_here(self.inodes.path(handle.ino), await self.remote.drain(retry_failed=False))
+            refused = await self.remote.drain(retry_failed=False)
+            if not self.inodes.get(handle.ino).unlinked:  # a file with no name has nothing pending
+                self._refused_here(self.inodes.path(handle.ino), refused)
 
     async def fsyncdir(self, fh: int) -> None:
         """Returns once the directory's entries are in the VM (write-through: already)."""
@@ -892,9 +894,26 @@ class VFS:
             node.last_attrs = replace(node.last_attrs, nlink=max(node.last_attrs.nlink - 1, 0))
         for parent, name in node.links:
             try:
-                self.cache.invalidate(self.inodes.child_path(parent, name))
+                self._refresh_name(self.inodes.child_path(parent, name))
             except FsError:  # a directory above that name is gone
                 pass
+
+    def _other_names_lost_a_link(self, remote_ino: int) -> None:
+        """Every cached name of ``remote_ino`` shows a new nlink and ctime: forgotten, to be
+        re-read at the next stat; in write-back mode the overlay already has the new attrs of
+        the names it holds (no call, and their directories' listings stay)."""
+        for path in self.cache.names_of(remote_ino):
+            self._refresh_name(path)
+
+    def _refresh_name(self, path: bytes) -> None:
+        """``path``'s cached attrs are stale: take the overlay's (write-back), else forget them."""
+        decided, attrs = self.remote.decided(path) if self.write_back else (False, None)
+        if not decided:
+            self.cache.invalidate(path)
+        elif attrs is not None:
+            self.cache.added(path, attrs)
+        else:  # the name itself is the one going
+            self.cache.removed(path, is_dir=False)
 
     def _cache_all_names(self, ino: int, path: bytes, attrs: Attrs) -> None:
         """``path`` (and every other known name of a hard-linked ``ino``) now has ``attrs``."""

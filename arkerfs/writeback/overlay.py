@@ -99,7 +99,7 @@ class Overlay:
         if gone is not None and gone.nlink > 1 and not gone.is_dir:  # its other names lose a link
             for other, a in list(self.nodes.items()):
                 if a is not None and other != path and a.remote_ino == gone.remote_ino:
-                    self.nodes[other] = replace(a, nlink=a.nlink - 1)
+                    self._set(other, replace(a, nlink=a.nlink - 1), seq)  # shown until this lands
         self._set(path, None, seq)
         self.content.pop(path, None)
         self.origin.pop(path, None)
@@ -124,6 +124,11 @@ class Overlay:
             self.origin[new] = origin
 
     def link(self, existing: bytes, new: bytes, attrs: Attrs, seq: int) -> None:
+        """``attrs``: the file's, its link count already counting ``new``; every other name
+        the overlay holds of it shows the new count too."""
+        for other, a in list(self.nodes.items()):
+            if a is not None and a.remote_ino == attrs.remote_ino and not a.is_dir:
+                self._set(other, replace(a, nlink=attrs.nlink, ctime_ns=attrs.ctime_ns), seq)
         self._set(existing, attrs, seq)
         self._set(new, attrs, seq)
         if existing in self.content:

@@ -174,7 +174,8 @@ def plan(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str,
             continue
         base = inherited.get(i, change.args.get("base"))
         later = _later_versions(changes, i, skipped) if change.op in ("create", "write") else []
-        fragment = _fragment(change, base, produced, landed, stamp, uploads, later, inline)
+        removed_later = change.op == "link" and _name_goes_later(changes, i, skipped)
+        fragment = _fragment(change, base, produced, landed, stamp, uploads, later, inline, removed_later)
         steps.append(Step(fragment, change, covered.get(i, [])))
         for path in paths_of(change)[-1:]:
             produced.add(path)
@@ -203,12 +204,20 @@ def _later_versions(changes: list[Change], i: int, skipped: set[int]) -> list[tu
     return found
 
 
+def _name_goes_later(changes: list[Change], i: int, skipped: set[int]) -> bool:
+    """Whether a change after ``i`` unlinks or renames away the first path of change ``i``."""
+    path = paths_of(changes[i])[0]
+    return any(k not in skipped and changes[k].op in ("unlink", "rename") and paths_of(changes[k])[0] == path
+               for k in range(i + 1, len(changes)))
+
+
 def _seq_index(changes: list[Change], seq: int) -> int:
     return next(i for i, c in enumerate(changes) if c.seq == seq)
 
 
 def _fragment(change: Change, base, produced: set[bytes], landed: dict[bytes, B.Version], stamp: str,
-              uploads: list[Upload], later: list[tuple[int, int]], inline) -> S.Fragment:
+              uploads: list[Upload], later: list[tuple[int, int]], inline,
+              removed_later: bool = False) -> S.Fragment:
     a, op = change.args, change.op
     if op in ("create", "write"):
         path = os.fsencode(a["path"])
@@ -244,7 +253,9 @@ def _fragment(change: Change, base, produced: set[bytes], landed: dict[bytes, B.
     if op == "symlink":
         return B.symlink(os.fsencode(a["target"]), os.fsencode(a["path"]), decode_attrs(a["attrs"]).mtime_ns)
     if op == "link":
-        return B.link(os.fsencode(a["existing"]), os.fsencode(a["new"]))
+        attrs = decode_attrs(a["attrs"])
+        version = B.Version.of(attrs) if removed_later else None
+        return B.link(os.fsencode(a["existing"]), os.fsencode(a["new"]), version)
     if op == "setattr":
         return B.setattr(os.fsencode(a["path"]), mode=a.get("mode"), atime_ns=a.get("atime_ns"),
                          mtime_ns=a.get("mtime_ns"))

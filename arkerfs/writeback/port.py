@@ -87,6 +87,10 @@ class WriteBack:
         dir_attrs, entries = await self.remote.list_dir(path)
         return (attrs if decided else dir_attrs), self.overlay.merged(path, entries)
 
+    def decided(self, path: bytes) -> tuple[bool, Attrs | None]:
+        """What the overlay says of ``path``, without a call: (False, None) when the VM decides."""
+        return self.overlay.known(path)
+
     async def readlink(self, path: bytes) -> bytes:
         decided, attrs = self.overlay.known(path)
         if not decided:
@@ -138,7 +142,7 @@ class WriteBack:
         attrs = await self._attrs(path)
         if attrs.is_dir:
             raise FsError(errno.EISDIR)
-        if attrs.nlink > 1:  # its other names lose a link: see ``link``
+        if not self._names_all_here(attrs):  # its other names lose a link: see ``link``
             await self._barrier()
             return await self.remote.unlink(path)
         self._record("unlink", {"path": os.fsdecode(path)})
@@ -170,10 +174,23 @@ class WriteBack:
         return attrs
 
     async def link(self, existing: bytes, new: bytes) -> Attrs:
-        # Hard links go through a barrier, and so does every later change of a file with more
-        # than one name: the overlay keeps one node per name and would show stale link counts.
-        await self._barrier()
-        return await self.remote.link(existing, new)
+        """Journaled when the overlay holds every name the file will have (a file with one name,
+        or one linked here: git publishes each object this way), so it can keep their link
+        counts right; otherwise applied through a barrier. A later rename, chmod or rewrite of a
+        file with several names goes through a barrier too: it changes every name at once."""
+        self._may_change_entries(new)
+        attrs = await self._attrs(existing)
+        if attrs.is_dir:
+            raise FsError(errno.EPERM, "hard link to a directory")
+        if not await self._absent(new):
+            raise FsError(errno.EEXIST)
+        if not self._names_all_here(attrs):
+            await self._barrier()
+            return await self.remote.link(existing, new)
+        linked = replace(attrs, nlink=attrs.nlink + 1, ctime_ns=time.time_ns())
+        self._record("link", {"existing": os.fsdecode(existing), "new": os.fsdecode(new),
+                              "attrs": P.encode_attrs(linked)})
+        return linked
 
     async def create_empty(self, path: bytes, mode: int, *, exclusive: bool = True) -> Attrs:
         self._may_change_entries(path)
@@ -348,6 +365,8 @@ class WriteBack:
         subdirectory) move, as the VM will move them, shown until the change is pushed."""
         if op in ("mkdir", "rmdir", "create", "symlink", "unlink"):
             parents = {parent_of(os.fsencode(args["path"]))}
+        elif op == "link":
+            parents = {parent_of(os.fsencode(args["new"]))}
         elif op == "rename":
             parents = {parent_of(os.fsencode(args["old"])), parent_of(os.fsencode(args["new"]))}
         else:
@@ -386,6 +405,23 @@ class WriteBack:
         if attrs is None:
             raise FsError(errno.ENOENT)
         return attrs
+
+    async def _absent(self, path: bytes) -> bool:
+        known, attrs = self._view(path)
+        if known:
+            return attrs is None
+        try:
+            await self.remote.lstat(path)
+        except FsError as exc:
+            if exc.errno == errno.ENOENT:
+                return True
+            raise
+        return False
+
+    def _names_all_here(self, attrs: Attrs) -> bool:
+        """Whether every name of the file ``attrs`` is one the overlay holds (or it has one name),
+        so a change of its names can be journaled with every link count kept right."""
+        return attrs.is_dir or attrs.nlink <= 1 or self.overlay.links_here(attrs) == attrs.nlink
 
     def _may_change_entries(self, *paths: bytes) -> None:
         """EACCES at once, as the VM would answer at the push, when a directory the change adds

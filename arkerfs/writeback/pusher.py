@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -204,8 +204,12 @@ class Pusher:
             if old in self._versions:
                 self._versions[new] = self._versions.pop(old)
         elif change.op in ("unlink", "rmdir"):
-            final.pop(paths[0], None)
+            gone = final.pop(paths[0], None)
             self._versions.pop(paths[0], None)
+            if gone is not None and gone.nlink > 1 and not gone.is_dir:  # its other names lost a link
+                for path, attrs in final.items():
+                    if attrs is not None and attrs.remote_ino == gone.remote_ino:
+                        final[path] = replace(attrs, nlink=attrs.nlink - 1)
         elif isinstance(value, Attrs):
             for path in paths:
                 self.conflicted.discard(os.fsdecode(path))
