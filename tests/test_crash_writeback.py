@@ -334,6 +334,24 @@ def test_kill_9_while_the_tool_runs_leaves_whole_files_and_converges(place, serv
     no_arkerfs_leftovers(api, vm, where)
 
 
+def test_a_change_made_while_a_push_is_in_flight_survives_a_kill_a_second_later(place, server, api, control):
+    """A symlink (recorded, not closed) made while the batch before it is stuck in the VM is on
+    disk within about a second: the periodic commit does not wait for the push to return."""
+    vm = api.fork()
+    with place.mounted(vm) as first:
+        control.set_faults(run_stall_ms=4000)
+        with open(place.p("a"), "wb") as f:
+            f.write(b"a")
+        time.sleep(0.3)  # the batch with "a" is on its way: its run stalls 4 s
+        os.symlink("a", place.p("link"))
+        time.sleep(COMMIT_WINDOW + 0.3)
+        place.kill(first)
+    control.clear_faults()
+    with place.mounted(vm, allow=RACING_THE_DEAD_DAEMONS_RUN):
+        place.sync()
+    assert api.sh(vm, f"readlink {HOME}/link; cat {HOME}/a") == "a\na"
+
+
 # == a 50 MB write ============================================================================
 WRITER = r"""
 import os, sys, time
