@@ -26,6 +26,7 @@ import os
 import random
 import re
 import signal
+import stat
 import sqlite3
 import subprocess
 import sys
@@ -43,11 +44,12 @@ from tests.test_tools_apps import HOME, run
 from tests.test_writeback_mount import make_tree
 
 SEED = int(os.environ.get("ARKERFS_CRASH_SEED", random.SystemRandom().randrange(2**32)))
-# Each run of the server sleeps this long, so the last batch is acknowledged no sooner than
-# that after the tool's last change: a kill up to KILL_WITHIN after the tool exited lands with
-# a push in flight (after every recorded change reached the disk: COMMIT_WINDOW).
-STALL_MS = 3000
-KILL_WITHIN = 2.8
+# Each run of the server sleeps STALL_MS, so the last batch is acknowledged no sooner than that
+# after the tool's last change: a kill less than that after the tool exited lands with a push in
+# flight; drawn between COMMIT_WINDOW (every recorded change has reached the disk) and
+# KILL_WITHIN, which leaves time for looking at the mount before the kill.
+STALL_MS = 5000
+KILL_WITHIN = 3.0
 COMMIT_WINDOW = 1.2  # s: a recorded metadata change is on disk within about a second
 MB = 1024 * 1024
 # The killed daemon's last run may still be running in the VM (stalled) when the next mount
@@ -156,25 +158,48 @@ def place(server, control, tmp_path):
 
 
 # == what a tree is: the same listing of the mount and of the VM ==============================
-def listing(root: str, *, dir_times: bool, file_times: bool = True) -> str:
-    """Shell printing every entry under ``root``: type, mode, mtime (ns), name, link target;
-    then each file's sha256. ``dir_times``: whether directories' mtimes are the tool's (set
-    by rsync -a and tar) rather than whenever their entries last changed; ``file_times``: the
-    same for the other entries (``cp -r`` keeps none: a copy on another disk differs)."""
-    dirs = "%y %m %T@ %P\\n" if dir_times else "%y %m %P\\n"
-    others = "%y %m %T@ %P -> %l\\n" if file_times else "%y %m %P -> %l\\n"
-    return (f"cd {root} && find . -mindepth 1 ! -type d -printf '{others}' | sort"
-            f" && find . -mindepth 1 -type d -printf '{dirs}' | sort"
-            " && find . -type f -print0 | sort -z | xargs -0r sha256sum")
+# One line per entry: type, mode, mtime as find's %T@ prints it, name (and link target);
+# then each file's sha256 as sha256sum prints it. ``dir_times``: whether directories' mtimes are
+# the tool's (set by rsync -a and tar) rather than whenever their entries last changed;
+# ``file_times``: the same for the other entries (``cp -r`` keeps none: a copy elsewhere differs).
+def _formats(dir_times: bool, file_times: bool) -> tuple[str, str]:
+    return ("%y %m %T@ %P\\n" if dir_times else "%y %m %P\\n",
+            "%y %m %T@ %P -> %l\\n" if file_times else "%y %m %P -> %l\\n")
+
+
+def _sorted(entries: list[str], sums: list[str]) -> str:
+    return "\n".join(sorted(entries) + sorted(sums, key=lambda line: line.split("  ", 1)[1])) + "\n"
+
+
+def vm_listing(api, vm: str, top: str, *, dir_times: bool, file_times: bool = True) -> str:
+    dirs, others = _formats(dir_times, file_times)
+    text = api.sh(vm, f"cd {HOME}/{top} && find . -mindepth 1 -type d -printf '{dirs}'"
+                      f" && find . -mindepth 1 ! -type d -printf '{others}'"
+                      " && echo --sums-- && find . -type f -print0 | xargs -0r sha256sum")
+    entries, _, sums = text.partition("--sums--\n")
+    return _sorted(entries.splitlines(), sums.splitlines())
 
 
 def local_listing(root: str, *, dir_times: bool, file_times: bool = True) -> str:
-    return subprocess.run(["bash", "-c", listing(root, dir_times=dir_times, file_times=file_times)], capture_output=True,
-                          text=True, check=True, timeout=120).stdout
-
-
-def vm_listing(api, vm: str, top: str, *, dir_times: bool) -> str:
-    return api.sh(vm, listing(f"{HOME}/{top}", dir_times=dir_times))
+    """The same listing of a local tree or of the mount (os.walk: no statfs, which a write-back
+    mount answers from the VM, behind a push in flight)."""
+    entries, sums = [], []
+    for directory, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(directory, name)
+            rel = os.path.relpath(path, root)
+            st = os.lstat(path)
+            kind = "d" if stat.S_ISDIR(st.st_mode) else "l" if stat.S_ISLNK(st.st_mode) else "f"
+            mode = f"{stat.S_IMODE(st.st_mode):o}"
+            when = f"{st.st_mtime_ns // 10**9}.{st.st_mtime_ns % 10**9:09d}0"
+            if kind == "d":
+                entries.append(f"d {mode} {when} {rel}" if dir_times else f"d {mode} {rel}")
+                continue
+            target = os.readlink(path) if kind == "l" else ""
+            entries.append(f"{kind} {mode} {when} {rel} -> {target}" if file_times else f"{kind} {mode} {rel} -> {target}")
+            if kind == "f":
+                sums.append(f"{sha(path)}  ./{rel}")
+    return _sorted(entries, sums)
 
 
 def same(got: str, want: str, where) -> None:
@@ -243,14 +268,14 @@ def reference(work: Workload, src: str, archive: str) -> str:
 
 
 def source_of(src: str, rel: str) -> str | None:
-    """The source file a name in the copy comes from (rsync's ``.NAME.XXXXXX`` temp names too)."""
+    """The source entry a name in the copy comes from (rsync's ``.NAME.XXXXXX`` temp names too)."""
     directory, name = os.path.split(rel)
     candidates = [name]
     if name.startswith(".") and name.count(".") >= 2:
         candidates.append(name[1:].rsplit(".", 1)[0])
     for candidate in candidates:
         path = os.path.join(src, directory, candidate)
-        if os.path.isfile(path) and not os.path.islink(path):
+        if os.path.lexists(path):
             return path
     return None
 
@@ -266,10 +291,10 @@ def test_kill_9_after_the_tool_exited_loses_nothing_it_was_told(place, server, a
     with place.mounted(vm) as first:
         control.set_faults(run_stall_ms=STALL_MS)
         run(*work.command(src, archive, place.mnt), timeout=120)
+        exited = time.monotonic()
         shown = local_listing(place.p(work.top), dir_times=work.dir_times)
         shown_as_compared = local_listing(place.p(work.top), dir_times=work.dir_times, file_times=work.dir_times)
-        time.sleep(rng.uniform(COMMIT_WINDOW, KILL_WITHIN))
-        place.kill(first)
+        kill_at(place, first, exited + rng.uniform(COMMIT_WINDOW, KILL_WITHIN), replay)
         assert "journal:" not in first.log()  # nothing was left by an earlier mount
     control.clear_faults()
     with place.mounted(vm, allow=RACING_THE_DEAD_DAEMONS_RUN) as second:
@@ -281,6 +306,14 @@ def test_kill_9_after_the_tool_exited_loses_nothing_it_was_told(place, server, a
     same(vm_listing(api, vm, work.top, dir_times=work.dir_times), shown, (replay, "VM"))
     no_arkerfs_leftovers(api, vm, replay)
     same(shown_as_compared, reference(work, src, archive), (replay, "local"))  # as the tool makes it on a disk
+
+
+def kill_at(place: Place, daemon: Daemon, when: float, where) -> None:
+    """Kill the daemon at ``when`` (time.monotonic), in time for a push to be in flight."""
+    late = time.monotonic() - when
+    assert late < STALL_MS / 1000 - KILL_WITHIN - 1.0, (where, f"looking at the mount took {late:.1f} s too long")
+    time.sleep(max(0.0, -late))
+    place.kill(daemon)
 
 
 def _kill_after_lines(place: Place, daemon: Daemon, tool: subprocess.Popen, lines: int) -> int:
@@ -312,17 +345,17 @@ def test_kill_9_while_the_tool_runs_leaves_whole_files_and_converges(place, serv
         place.sync()
         # what reached the VM is whole: the file's content, or nothing yet
         files = api.sh(vm, f"cd {HOME}/{work.top} 2>/dev/null && find . -type f -printf '%P\\n' || true").split()
-        sums = dict(reversed(line.split("  ", 1)) for line in api.sh(
-            vm, f"cd {HOME}/{work.top} && find . -type f -print0 | xargs -0r sha256sum").splitlines()) if files else {}
+        sums = dict(reversed(line.split("  ", 1)) for line in api.sh(  # (tar's placeholders: empty, mode 0)
+            vm, f"cd {HOME}/{work.top} && find . -type f -size +0 -print0 | xargs -0r sha256sum").splitlines()) if files else {}
         sizes = dict(reversed(line.split(" ", 1)) for line in api.sh(
             vm, f"cd {HOME}/{work.top} && find . -type f -printf '%s %P\\n'").splitlines()) if files else {}
         for rel in files:
             origin = source_of(src, rel)
             assert origin is not None, (where, rel, "a name the tool never made")
-            whole = sums[f"./{rel}"] == sha(origin)
+            whole = os.path.isfile(origin) and not os.path.islink(origin) and sums.get(f"./{rel}") == sha(origin)
             if work.exact_names and not os.path.basename(rel).startswith("."):
                 assert whole, (where, rel, "torn or empty at its final name")
-            else:
+            else:  # empty: its creation went, its content not yet (or tar's placeholder of a link)
                 assert whole or sizes[rel] == "0", (where, rel, "torn")
         no_arkerfs_leftovers(api, vm, where)
         run(*work.command(src, archive, place.mnt, again=True), timeout=120)
@@ -354,9 +387,9 @@ def test_a_change_made_while_a_push_is_in_flight_survives_a_kill_a_second_later(
 
 # == a 50 MB write ============================================================================
 WRITER = r"""
-import os, sys, time
-path, size = sys.argv[1], int(sys.argv[2])
-chunk = os.urandom(1024 * 1024)
+import os, random, sys, time
+path, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+chunk = random.Random(seed).randbytes(1024 * 1024)
 with open(path, "wb") as out:
     for i in range(size // len(chunk)):
         out.write(chunk[:8] + i.to_bytes(8, "big") + chunk[16:])
@@ -365,6 +398,15 @@ with open(path, "wb") as out:
         time.sleep(0.005)
 print("closed", flush=True)  # close() returned 0
 """
+
+
+def written_by_writer(size: int, seed: int) -> str:
+    """The sha256 of what WRITER writes."""
+    chunk = random.Random(seed).randbytes(MB)
+    digest = hashlib.sha256()
+    for i in range(size // MB):
+        digest.update(chunk[:8] + i.to_bytes(8, "big") + chunk[16:])
+    return digest.hexdigest()
 
 
 def test_kill_9_during_and_after_a_50_mb_write(place, server, api, control, rng, tmp_path):
@@ -379,7 +421,7 @@ def test_kill_9_during_and_after_a_50_mb_write(place, server, api, control, rng,
     # killed while writing: after a random number of megabytes
     cut = rng.randrange(5, 45)
     with place.mounted(vm) as first:
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, place.p("big.bin"), str(size)],
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, place.p("big.bin"), str(size), "1"],
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         seen = _kill_after_lines(place, first, writer, cut)
     where = (replay, f"killed after {seen} MB")
@@ -391,16 +433,17 @@ def test_kill_9_during_and_after_a_50_mb_write(place, server, api, control, rng,
     # killed after close() returned, with the upload or the install in flight
     with place.mounted(vm) as first:
         control.set_faults(run_stall_ms=STALL_MS)
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, place.p("big.bin"), str(size)],
+        seed = rng.randrange(2**32)
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, place.p("big.bin"), str(size), str(seed)],
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         out = writer.stdout.read()
+        closed = time.monotonic()
         assert writer.wait(120) == 0 and out.endswith("closed\n"), out[-200:]
         st = os.stat(place.p("big.bin"))
-        written = sha(place.p("big.bin"))
         delay = rng.uniform(0, KILL_WITHIN)  # the upload or the stalled install run is in flight
-        time.sleep(delay)
-        place.kill(first)
-    where = (replay, f"killed {delay:.2f} s after close")
+        where = (replay, f"killed {delay:.2f} s after close")
+        kill_at(place, first, closed + delay, where)
+    written = written_by_writer(size, seed)
     control.clear_faults()
     with place.mounted(vm, allow=RACING_THE_DEAD_DAEMONS_RUN) as second:
         assert "left by an earlier mount" in second.log(), where  # its install had not been acknowledged
