@@ -1,7 +1,9 @@
 """``arkerfs status [MOUNTPOINT] [--json] [--watch]``: what each live mount is doing.
 
 Reads the daemons' private status sockets (``status``); never touches a mounted tree and never
-calls the API, so it answers at once even when a VM does not.
+calls the API, so it answers at once even when a VM does not. Without a MOUNTPOINT it also
+lists the write-back journals of VMs no daemon has mounted that still hold changes (left by a
+crash or by an unmount that gave up), one line each (not in ``--json``).
 
 Exit status: 0 with at least one answer; 1 when a named mount (or, without one, every mount)
 could not be asked.
@@ -34,13 +36,16 @@ def run(args: argparse.Namespace) -> int:
 
     mountpoints = [os.path.realpath(args.mountpoint)] if args.mountpoint else live_mountpoints()
     if not mountpoints:
+        for journal in [] if args.json else left_journals():
+            print(journal_line(journal))
         print("arkerfs status: no arkerfs mount is running", file=sys.stderr)
         return EXIT_FAILED
     if args.mountpoint and runtime.mount_entry(mountpoints[0]) is None:
         print(f"arkerfs status: {mountpoints[0]} is not mounted", file=sys.stderr)
         return EXIT_FAILED
     while True:
-        code = _show(mountpoints, as_json=args.json, clear=args.watch is not None and sys.stdout.isatty())
+        code = _show(mountpoints, as_json=args.json, clear=args.watch is not None and sys.stdout.isatty(),
+                     journals=not args.mountpoint)
         if args.watch is None:
             return code
         time.sleep(max(args.watch, 0.1))
@@ -63,7 +68,21 @@ def live_mountpoints() -> list[str]:
     return found
 
 
-def _show(mountpoints: list[str], *, as_json: bool, clear: bool) -> int:
+def left_journals() -> list:
+    """Write-back journals of VMs no daemon has mounted that still hold changes."""
+    from arkerfs.writeback.journal import left_behind
+
+    return left_behind()
+
+
+def journal_line(j) -> str:
+    since = "" if j.oldest is None else time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(j.oldest))
+    failed = f", {j.failed} refused by the VM" if j.failed else ""
+    return (f"VM {j.vm_id} (not mounted): {j.changes} change(s), {human_bytes(j.bytes)} not in the VM"
+            f"{since}{failed}; pushed by its next mount (journal {j.directory})")
+
+
+def _show(mountpoints: list[str], *, as_json: bool, clear: bool, journals: bool = False) -> int:
     from arkerfs.mount.status import StatusUnavailable, query
 
     answers, code = [], 0
@@ -78,7 +97,10 @@ def _show(mountpoints: list[str], *, as_json: bool, clear: bool) -> int:
     if as_json:
         print(json.dumps(answers if len(mountpoints) > 1 or not answers else answers[0], indent=2))
     else:
-        print("\n\n".join(render(a) for a in answers))
+        blocks = [render(a) for a in answers]
+        if journals:
+            blocks += [journal_line(j) for j in left_journals()]
+        print("\n\n".join(blocks))
     sys.stdout.flush()
     return code if answers else EXIT_FAILED
 

@@ -5,10 +5,15 @@ everything pending now (``sync``, see ``status``), and waits, showing the pendin
 (``progress``: a bar on a terminal, plain lines otherwise) from the daemon's ``status`` answers.
 Never touches the mounted tree. Ctrl-C stops waiting, not the pushes the daemon started.
 
+Without a MOUNTPOINT it also names each write-back journal of a VM no daemon has mounted that
+still holds changes (a crash left them): those cannot be pushed from here, only by the next
+mount of that VM.
+
 Exit status (arkerfs/exitcodes.py): 0 once everything pending is in the VM (also when no mount is
-running: nothing is pending); 7 when something could not be pushed (each file named on stderr,
-with why; it stays pending, and is retried by the next sync, its next close or the unmount);
-1 when a mount is not there or its daemon does not answer.
+running and no journal holds changes: nothing is pending); 7 when something could not be pushed
+(each file, or each unmounted VM's journal, named on stderr, with why; it stays pending, and is
+retried by the next sync, its next close, the unmount or the VM's next mount); 1 when a mount is
+not there or its daemon does not answer.
 """
 
 from __future__ import annotations
@@ -37,10 +42,12 @@ def run(args: argparse.Namespace) -> int:
             return exitcodes.FAILED
     else:
         mountpoints = live_mountpoints()
-        if not mountpoints:
+    left = exitcodes.OK if args.mountpoint else _left_journals()
+    if not mountpoints:  # (and no MOUNTPOINT named)
+        if left == exitcodes.OK:
             print("arkerfs sync: no arkerfs mount is running; nothing is pending", file=sys.stderr)
-            return exitcodes.OK
-    codes = []
+        return left
+    codes = [left]
     requests = []
     try:
         for mountpoint in mountpoints:  # all daemons push at once; we then wait for each in turn
@@ -55,6 +62,17 @@ def run(args: argparse.Namespace) -> int:
         for request in requests:
             request.close()
     return max(codes, key=_severity, default=exitcodes.OK)
+
+
+def _left_journals() -> int:
+    """Name each journal of a VM no daemon has mounted that still holds changes: they cannot be
+    pushed from here (PENDING); the next mount of that VM pushes them."""
+    from arkerfs.mount.statuscmd import journal_line, left_journals
+
+    journals = left_journals()
+    for journal in journals:
+        print(f"arkerfs sync: {journal_line(journal)}", file=sys.stderr)
+    return exitcodes.PENDING if journals else exitcodes.OK
 
 
 def _severity(code: int) -> int:

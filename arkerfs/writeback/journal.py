@@ -9,7 +9,8 @@ mountpoint, so a journal can only ever be replayed into the VM it was written fo
 - ``spool/<name>``: one file per recorded content, written, fsynced and renamed into place
   *before* the row that names it is committed; removed after the row is acknowledged.
 - ``lock``: held (``flock``) by the one daemon using this journal; a second mount of the same VM
-  cannot take it and must not write back.
+  cannot take it and must not write back. ``left_behind`` (``arkerfs status``/``sync``) takes it
+  shared for a moment to list the journals of VMs no daemon has mounted.
 
 Durability is the caller's choice per commit, as in a local filesystem's ordered journal:
 ``append`` adds rows to an open transaction, ``commit`` makes every row so far durable at once
@@ -49,6 +50,8 @@ CREATE TABLE IF NOT EXISTS changes (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 COPY_CHUNK = 8 * 1024 * 1024
+# s a daemon waits for the lock: ``left_behind`` (arkerfs status/sync) holds it for a moment
+LOCK_PATIENCE = 2.0
 
 
 class JournalError(Exception):
@@ -95,12 +98,10 @@ class Journal:
         self.spool = _private(directory / "spool")
         self.rescue_dir = directory / "rescue"
         self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(self._lock_fd, fcntl.LOCK_EX, patience=LOCK_PATIENCE):
             os.close(self._lock_fd)
             raise JournalError(f"the journal {directory} is in use by another arkerfs daemon "
-                               "(is this VM mounted elsewhere?)") from None
+                               "(is this VM mounted elsewhere?)")
         self._in_transaction = False
         self._db = sqlite3.connect(directory / "journal.sqlite3", isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -245,6 +246,70 @@ class Journal:
                 os.rename(entry, target)
                 rescued.append(target)
         return rescued
+
+
+@dataclass(frozen=True)
+class LeftBehind:
+    """A journal no daemon holds that still has changes not in the VM (a crash, or an unmount
+    that gave up, left them): the next mount of ``vm_id`` pushes them."""
+
+    vm_id: str
+    directory: Path
+    changes: int
+    bytes: int
+    oldest: float | None  # wall-clock time of its oldest change
+    failed: int  # changes the VM refused so far
+
+
+def left_behind(root: Path | None = None) -> list[LeftBehind]:
+    """The journals under ``root`` (default ``state_root()``) that hold changes and that no
+    daemon is using, read without changing them. A journal in use is its daemon's to report."""
+    root = root or state_root()
+    found = []
+    for db in sorted(root.glob("*/journal.sqlite3")):
+        try:
+            fd = os.open(db.parent / "lock", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = None
+        except OSError:
+            continue
+        try:
+            if fd is not None and not _lock(fd, fcntl.LOCK_SH, patience=0.0):
+                continue  # a daemon has it
+            summary = _read_summary(db)
+        except sqlite3.Error:
+            continue  # not a journal we can read; nothing to say about it
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if summary is not None and summary[1]:
+            found.append(LeftBehind(summary[0], db.parent, *summary[1:]))
+    return found
+
+
+def _read_summary(db: Path) -> tuple | None:
+    """(vm id, changes, bytes, oldest, failed) of a journal, opened read-only."""
+    conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+    try:
+        owner = conn.execute("SELECT value FROM meta WHERE key='vm_id'").fetchone()
+        changes, size, oldest, failed = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created), COUNT(failed) FROM changes").fetchone()
+    finally:
+        conn.close()
+    return None if owner is None else (owner[0], changes, size, oldest, failed)
+
+
+def _lock(fd: int, kind: int, *, patience: float) -> bool:
+    """``flock(fd, kind)`` without blocking, tried again for up to ``patience`` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
 
 def _copy_into(fd: int, source: bytes | int, size: int | None) -> int:

@@ -96,7 +96,19 @@ class Pusher:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The long-running service: commit periodically, push whenever there is work."""
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._commit_periodically)
+            task_status.started()
+            await self._push_forever()
+
+    async def _commit_periodically(self) -> None:
+        """Recorded changes are on disk within ``COMMIT_EVERY`` even while a batch is in flight
+        (a push can take far longer than that: a stalled run, a large upload, an outage)."""
+        while True:
+            await trio.sleep(COMMIT_EVERY)
+            self.journal.commit()
+
+    async def _push_forever(self) -> None:
         failures = 0
         while True:
             with trio.move_on_after(COMMIT_EVERY):
