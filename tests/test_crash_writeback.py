@@ -532,9 +532,6 @@ def _run_planned(batch, home: str, spool: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="plan.py: a re-sent batch that coalesces a create (or an earlier "
-                   "write) which already ran with a later write of the same file takes the mount's own "
-                   "earlier version for a change made in the VM (see the crash helper's report)")
 def test_a_batch_sent_again_with_a_later_write_coalesced_makes_no_conflict(tmp_path):
     """tar -x / cp -r: a batch ends with a file's create; it runs in the VM (an empty file) but
     the daemon is killed before the acknowledgement. After the replay the create and the write

@@ -65,8 +65,8 @@ def batch_script(fragments: Sequence[S.Fragment]) -> str:
 def install(staged: bytes, path: bytes, *, mode: int, mtime_ns: int, atime_ns: int | None = None,
             base: Version | None, stamp: str, recovery: bytes = RECOVERY,
             home: bytes = S.HOME_B, check: bool = True, size: int | None = None,
-            later: Sequence[tuple[int, int]] = (), empty: bool = False,
-            content: bytes | None = None) -> S.Fragment:
+            later: Sequence[tuple[int, int]] = (), earlier: Sequence[tuple[int, int]] = (),
+            empty: bool = False, content: bytes | None = None) -> S.Fragment:
     """Move the uploaded ``staged`` file to ``path`` with ``mode`` and exact times, if ``path``
     is still ``base`` (None: still absent). ``stamp`` (e.g. a UTC time) names conflict copies.
 
@@ -75,15 +75,19 @@ def install(staged: bytes, path: bytes, *, mode: int, mtime_ns: int, atime_ns: i
     this very version (same size and nanosecond mtime: the batch ran before but its answer was
     lost), the staged copy is dropped instead of making a conflict copy; so it is when the target
     is one of the ``later`` versions (size, mtime_ns) the same batch installs there after this
-    one. ``content``: the (small) bytes travel in the script, no upload needed. ``empty``: the staged
+    one. ``earlier``: (size, mtime_ns) of the mount's own earlier versions this install takes
+    the place of (coalesced into it): a batch sent again may find one of them installed already,
+    and replaces it like ``base``. ``content``: the (small) bytes travel in the script, no upload needed. ``empty``: the staged
     file is created by the run itself (nothing to upload for an empty file)."""
     if not path.startswith(home + b"/"):
         raise ValueError("install targets live under the home")
     perm = stat.S_IMODE(mode)
     atime = S.touch_time(mtime_ns if atime_ns is None else atime_ns)
-    expect = "" if base is None else base.printed()
-    mine = " ".join(f"{z}:{Version(0, z, t).printed().split(':', 2)[2]}"
-                    for z, t in ([] if size is None else [(size, mtime_ns), *later]))
+    def size_mtime(z: int, t: int) -> str:
+        return Version(0, z, t).printed().split(":", 1)[1]
+
+    expect = " ".join(["none" if base is None else base.printed(), *(f"*:{size_mtime(z, t)}" for z, t in earlier)])
+    mine = " ".join(size_mtime(z, t) for z, t in ([] if size is None else [(size, mtime_ns), *later]))
     # the prelude's _inst does the steps (one copy per script: a batch of hundreds stays small)
     args = [S.quote(staged), S.quote(path), f"{perm:05o}", atime, S.touch_time(mtime_ns),
             S.quote(expect.encode()) if check else "-", S.quote(mine.encode()) if mine else "-",

@@ -172,7 +172,9 @@ PRELUDE = "\n".join([
     '; _x "$p" && { [ -f "$p" ] && [ ! -L "$p" ] && now=$(find "$p" -maxdepth 0 -printf "%i:%s:%T@") || now=other; }'
     # already this very version, or one the batch installs later (a batch sent again): done
     '; if [ "$7" != - ]; then for v in $7; do case $now in *:"$v") rm -f -- "$s"; _st "$p"; exit 0;; esac; done; fi'
-    '; if [ "$6" != - ] && [ "$now" != "$6" ]; then _t mv -f -T -- "$s" "$c"; printf "C\\0%s\\0" "$c"; exit 0; fi'
+    # EXPECT: the versions the mount may replace (case patterns; "none": absent), "-" for any
+    '; if [ "$6" != - ]; then local ok=; set -f; for v in $6; do case ${now:-none} in $v) ok=1;; esac; done'
+    '; [ -n "$ok" ] || { _t mv -f -T -- "$s" "$c"; printf "C\\0%s\\0" "$c"; exit 0; }; fi'
     '; _t mv -f -T -- "$s" "$p"; _st "$p"; }',
     # _rnf O N NOREPLACE: rename(2) of a non-directory, as ``rename`` checks it; done already
     # (O gone, N there: a batch sent again) succeeds

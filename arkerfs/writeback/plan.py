@@ -131,6 +131,7 @@ def plan(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str,
     skipped: set[int] = set()
     covered: dict[int, list[int]] = {}
     inherited: dict[int, object] = {}  # index -> base taken over from a skipped change
+    absorbed: dict[int, list[tuple[int, int]]] = {}  # index -> (size, mtime_ns) of the versions it replaces
 
     def next_on(path: bytes, i: int) -> int | None:
         later = [j for j in touching[path] if j > i and j not in skipped]
@@ -145,6 +146,8 @@ def plan(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str,
             skipped.add(i)
             covered.setdefault(j, []).extend([change.seq, *covered.pop(i, [])])
             inherited[j] = inherited.pop(i, change.args.get("base"))
+            size = change.size if change.op == "write" else 0
+            absorbed[j] = [*absorbed.pop(i, []), (size, decode_attrs(change.args["attrs"]).mtime_ns)]
     # created here and removed again: nothing of it goes
     for i, change in enumerate(changes):
         if i in skipped or change.op not in ("create", "write", "symlink"):
@@ -175,7 +178,8 @@ def plan(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str,
         base = inherited.get(i, change.args.get("base"))
         later = _later_versions(changes, i, skipped) if change.op in ("create", "write") else []
         removed_later = change.op == "link" and _name_goes_later(changes, i, skipped)
-        fragment = _fragment(change, base, produced, landed, stamp, uploads, later, inline, removed_later)
+        fragment = _fragment(change, base, produced, landed, stamp, uploads, later, inline, removed_later,
+                             absorbed.get(i, []))
         steps.append(Step(fragment, change, covered.get(i, [])))
         for path in paths_of(change)[-1:]:
             produced.add(path)
@@ -217,7 +221,7 @@ def _seq_index(changes: list[Change], seq: int) -> int:
 
 def _fragment(change: Change, base, produced: set[bytes], landed: dict[bytes, B.Version], stamp: str,
               uploads: list[Upload], later: list[tuple[int, int]], inline,
-              removed_later: bool = False) -> S.Fragment:
+              removed_later: bool = False, earlier: Sequence[tuple[int, int]] = ()) -> S.Fragment:
     a, op = change.args, change.op
     if op in ("create", "write"):
         path = os.fsencode(a["path"])
@@ -241,7 +245,8 @@ def _fragment(change: Change, base, produced: set[bytes], landed: dict[bytes, B.
             empty = True
         return B.install(staged, path, mode=stat.S_IMODE(attrs.mode), mtime_ns=attrs.mtime_ns,
                          atime_ns=attrs.atime_ns, base=version, check=check, stamp=stamp,
-                         size=0 if empty else change.size, later=later, empty=empty, content=content)
+                         size=0 if empty else change.size, later=later, earlier=earlier, empty=empty,
+                         content=content)
     if op == "mkdir":
         return B.mkdir(os.fsencode(a["path"]), a["mode"])
     if op == "rmdir":
