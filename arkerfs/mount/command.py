@@ -207,8 +207,10 @@ def _remove_stale(mountpoint: str) -> bool:
         raise CommandError(f"{mountpoint} is a stale mount (its daemon died) and fusermount3 -u -z failed: "
                            f"{done.stderr.strip()}")
     runtime.remove_state(mountpoint)
+    # write-through: what close() returned for is in the VM; write-back: in the VM's journal,
+    # which the next mount of that VM replays. Only writes never closed are gone.
     print(f"arkerfs mount: removed a stale mount at {mountpoint} (its daemon had died; "
-          "writes it had not pushed are lost)", file=sys.stderr)
+          "writes no close() had returned for are lost)", file=sys.stderr)
     return True
 
 

@@ -15,7 +15,7 @@ Up, and [down]:
 3. journal replay (``--write-back``): open this VM's journal and replay what an earlier daemon
    left in it into the change port's overlay [closed after the unmount: what is still in it is
    pushed by the next mount of this VM];
-4. filesystem: the VFS over that port (or straight over the VM), seeded with step 2's listing;
+4. filesystem: the VFS over that port (or straight over the VM), seeded with step 2's listing (not when the journal replayed changes, which the listing lacks);
 5. status socket (``arkerfs status``, ``arkerfs sync``) [stopped after the final drain, which it
    shows];
 6. kernel mount: ``pyfuse3.init``, then the state file [``pyfuse3.close(unmount=clean)`` — after
@@ -148,7 +148,8 @@ def _filesystem(config: MountConfig, remote, listing, report):
               Options(cache_ttl=config.cache_ttl, read_only=config.read_only, owner=owner,
                       transform_symlinks=config.transform_symlinks))
     root_attrs, entries = listing
-    vfs.cache.store_listing(HOME.encode(), root_attrs, entries, vfs.cache.generation)
+    if not getattr(remote, "replayed", 0):  # a replayed journal changes the listing: asked through the port
+        vfs.cache.store_listing(HOME.encode(), root_attrs, entries, vfs.cache.generation)
     report.vfs = vfs
     return vfs
 
