@@ -39,6 +39,14 @@ def sync(m, *args: str, runtime_dir: str | None = None) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=120)
 
 
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Holder:
     def __init__(self, path: str) -> None:
         self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, path], stdin=subprocess.PIPE,
@@ -98,6 +106,7 @@ def test_sync_names_what_it_could_not_push_and_a_later_sync_pushes_it(server, co
     with mounted(server, *WRITE_MODES[mode]) as m:
         m.allow_log("could not push|giving up|failed|refused|forbidden")
         os.mkdir(m.p("dir"))
+        fsync_dir(m.path)  # write-back: the mkdir is in the VM before the refusals start
         holder = Holder(m.p("dir", "stuck.txt"))
         try:
             holder.write("precious")
@@ -106,7 +115,7 @@ def test_sync_names_what_it_could_not_push_and_a_later_sync_pushes_it(server, co
             control.clear_faults()
             assert done.returncode == exitcodes.PENDING, (done.returncode, done.stdout, done.stderr)
             # write-back names the journal's operation too ("write: EACCES ...")
-            assert re.search(f"could not push {re.escape(m.p('dir', 'stuck.txt'))}: (write: )?EACCES",
+            assert re.search(f"could not push {re.escape(m.p('dir', 'stuck.txt'))}: ((create|write): )?EACCES",
                              done.stderr), done.stderr
             assert "1 file(s)" in done.stderr and "could not be pushed" in done.stderr
             assert os.getxattr(m.p("dir", "stuck.txt"), "user.arkerfs.state") == b"failed"  # kept
