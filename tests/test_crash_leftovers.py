@@ -30,8 +30,9 @@ def spool_files(spool: str) -> list[str]:
     return sorted(n for n in os.listdir(spool) if n.startswith("write-"))
 
 
-@pytest.mark.parametrize("mode", list(WRITE_MODES))
-@pytest.mark.parametrize("cleaner", ["umount", "next mount"])
+# write-back once (the spool is the same; its next mount also replays the journal), to keep it lean
+@pytest.mark.parametrize("cleaner,mode", [("umount", "write-through"), ("next mount", "write-through"),
+                                          ("next mount", "write-back")])
 def test_a_killed_daemon_s_spool_file_becomes_a_reported_rescue_file(server, cleaner, mode):
     api = Api(server)
     vm = api.fork()
