@@ -49,7 +49,10 @@ The demo VM's /home/user is mounted at {mnt}. Try:
   rsync -a ./some-dir/ {q}/some-dir/
   df -h {q}
 
-When you are done:
+close() returns once a change is saved on this machine (write-back); it reaches the VM within
+about a second. To wait until everything is there: {_arkerfs_command()} sync {q}
+
+When you are done (waits for the same push):
 
   {_arkerfs_command()} umount {q}
 """

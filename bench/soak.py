@@ -264,7 +264,8 @@ def main() -> int:
         mnt = os.path.join(tmp, "mnt")
         os.mkdir(mnt)
         log = os.path.join(tmp, "daemon.log")
-        env = {**os.environ, "ARKER_API_KEY": server.api_key, "XDG_RUNTIME_DIR": tmp, "XDG_CACHE_HOME": tmp}
+        env = {**os.environ, "ARKER_API_KEY": server.api_key, "XDG_RUNTIME_DIR": tmp, "XDG_CACHE_HOME": tmp,
+               "XDG_STATE_HOME": tmp}  # the write-back journal (the default mode) stays in the temp dir
         daemon = subprocess.Popen([sys.executable, "-m", "arkerfs", "mount", "--foreground", "--base-url",
                                    server.base_url, "--log-file", log, vm_id, mnt], env=env,
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

@@ -50,8 +50,9 @@ def _tar_of(tree: Path, scratch: Path) -> Path:
 
 
 class ArkerfsTarget:
-    """arkerfs over its own local server; ``write_back``: mounted with ``--write-back`` (target
-    ``arkerfs-wb``, with a server of its own so the call counts never mix)."""
+    """arkerfs over its own local server, mounted ``--write-through`` (target ``arkerfs``) or, with
+    ``write_back``, ``--write-back`` (target ``arkerfs-wb``, with a server of its own so the call
+    counts never mix). The mode is always named: neither row depends on the default."""
 
     def __init__(self, workdir: Path, *, write_back: bool = False) -> None:
         self.name = "arkerfs-wb" if write_back else "arkerfs"
@@ -139,7 +140,7 @@ class ArkerfsTarget:
         env = self._env(base)
         subprocess.run([*_ARKERFS, "mount", self.vm_id, str(mnt), "--base-url", proxy.url,
                         "--list-base-url", proxy.url, "--spool-dir", str(base / "spool"),
-                        "--log-file", str(base / "mount.log"), *(["--write-back"] if self.write_back else [])],
+                        "--log-file", str(base / "mount.log"), "--write-back" if self.write_back else "--write-through"],
                        env=env, check=True, stdout=subprocess.DEVNULL)
         try:
             yield mnt

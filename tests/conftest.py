@@ -50,7 +50,8 @@ def api(server):
     return Api(server)
 
 
-WRITE_MODES = {"write-through": (), "write-back": ("--write-back",)}
+# Both flags named, so neither mode depends on which one is the default (write-back).
+WRITE_MODES = {"write-through": ("--write-through",), "write-back": ("--write-back",)}
 # For a test of what only one mode promises (close() failing with the upload's errno is
 # write-through; the journal outliving a failure is write-back): ``@WRITE_THROUGH_ONLY``.
 WRITE_THROUGH_ONLY = pytest.mark.parametrize("m", ["write-through"], indirect=True)

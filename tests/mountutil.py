@@ -90,7 +90,7 @@ class Mount:
     spool_dir: str
     allowed: list[re.Pattern] = field(default_factory=list)
     expect_exit: int | None = 0
-    write_back: bool = False  # mounted with --write-back
+    write_back: bool = False  # mounted in write-back mode (the default)
 
     def allow_log(self, pattern: str) -> None:
         """Whitelist daemon log lines matching ``pattern`` (regex) for this mount."""
@@ -173,6 +173,11 @@ def settle_write_back() -> None:
             settle(mount, runtime_dir)
 
 
+def is_write_back(args) -> bool:
+    """Whether ``arkerfs mount`` with these arguments writes back (the default)."""
+    return not {"--write-through", "--read-only"} & set(args)
+
+
 def log_problems(text: str, allowed: list[re.Pattern]) -> list[str]:
     return [line for line in text.splitlines()
             if PROBLEM.search(line) and not any(p.search(line) for p in allowed)]
@@ -208,7 +213,7 @@ def mounted(server, *extra_args: str, vm_id: str | None = None, key_file: bool =
     spool = os.path.join(workdir, "arkerfs", "spool", runtime.mount_key(mnt))  # XDG_CACHE_HOME above
     mount = Mount(mnt, vm_id, log_path, proc, spool)
     failed = True
-    write_back = "--write-back" in args
+    write_back = is_write_back(args)
     try:
         wait_for_mount(proc, mnt, log_path)
         if write_back:

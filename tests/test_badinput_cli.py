@@ -24,6 +24,7 @@ from arkerfs.client import Arker, ArkerError, RetryPolicy
 from arkerfs.client.transport import MAX_API_RESPONSE
 from arkerfs.mount import runtime
 from arkerfs.server.control import ServerProcess
+from tests.conftest import WRITE_MODES
 from tests.mountutil import mounted
 
 VM_ID = "01KQBYKEV5WJ7YB010603T1DCT_d8c0"  # id-shaped: the mount probes it without a list call
@@ -212,16 +213,19 @@ def test_a_server_that_never_answers_times_out(workdir):
     assert_clean_failure(workdir, done, "--connect-timeout must be positive")
 
 
-def test_a_revoked_key_gives_eacces_and_one_clear_log_line(tmp_path):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_a_revoked_key_gives_eacces_and_one_clear_log_line(tmp_path, mode):
     """Mount with key A, then restart the server (same data, same port) accepting only key B."""
     data = tmp_path / "data"
     first = ServerProcess(data_dir=data, api_key="ark_first_key_0000000000000000").start()
     port = first.base_url.rsplit(":", 1)[1]
     second = None
     try:
-        with mounted(first, "--cache-ttl", "1") as m:
+        with mounted(first, *WRITE_MODES[mode], "--cache-ttl", "1") as m:
             with open(m.p("before"), "wb") as f:
                 f.write(b"written with the first key")
+                f.flush()
+                os.fsync(f.fileno())  # in the VM (write-back: not only in the journal)
             first.stop()
             second = ServerProcess(data_dir=data, api_key="ark_second_key_111111111111111",
                                    extra_args=["--port", port]).start()

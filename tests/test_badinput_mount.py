@@ -6,13 +6,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import subprocess
 import tempfile
 
 import pytest
 
+from arkerfs import exitcodes
 from arkerfs.mount import runtime
 from arkerfs.protocol import CLIENT_MAX_FILE_BYTES as LIMIT
+from tests.conftest import WRITE_MODES
 from tests.mountutil import mounted
 
 MB = 1024 * 1024
@@ -104,15 +107,18 @@ def small_tmpfs(size: str = "2m"):
         assert runtime.mount_entry(path) is None
 
 
-def test_full_spool_disk_gives_enospc_and_keeps_the_remote_intact(server, api):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_full_spool_disk_gives_enospc_and_keeps_the_remote_intact(server, api, mode):
     """The write that needs spool space gets ENOSPC (a buffer moves to the spool past 4 MiB),
     close() reports ENOSPC again and uploads nothing: the remote keeps its old content. The
     mount keeps working for files that fit in memory, and again for big files once space is
-    back (a new open starts from the remote's content)."""
+    back (a new open starts from the remote's content). Write-back holds an open file's writes
+    in the same spool until close() records them in the journal."""
     vm = api.fork()
     old = b"old content\n" * 1000
     api.write_file(vm, "/home/user/doc", old)
-    with small_tmpfs() as spool, mounted(server, "--spool-dir", os.path.join(spool, "s"), vm_id=vm) as m:
+    with small_tmpfs() as spool, mounted(server, *WRITE_MODES[mode], "--spool-dir", os.path.join(spool, "s"),
+                                         vm_id=vm) as m:
         fd = os.open(m.p("doc"), os.O_WRONLY | os.O_TRUNC)
         written, failure = 0, None
         chunk = b"n" * (256 * 1024)
@@ -139,9 +145,11 @@ def test_full_spool_disk_gives_enospc_and_keeps_the_remote_intact(server, api):
     assert api.read_file(vm, "/home/user/doc") == old
 
 
-def test_big_write_works_again_once_the_spool_has_room(server, api):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_big_write_works_again_once_the_spool_has_room(server, api, mode):
     vm = api.fork()
-    with small_tmpfs("2m") as spool, mounted(server, "--spool-dir", os.path.join(spool, "s"), vm_id=vm) as m:
+    with small_tmpfs("2m") as spool, mounted(server, *WRITE_MODES[mode], "--spool-dir", os.path.join(spool, "s"),
+                                             vm_id=vm) as m:
         filler = os.path.join(spool, "filler")
         write(filler, b"f" * (1900 * 1024))  # leaves ~100 KiB
         fd = os.open(m.p("late"), os.O_WRONLY | os.O_CREAT, 0o644)
@@ -157,12 +165,42 @@ def test_big_write_works_again_once_the_spool_has_room(server, api):
         m.allow_log(r"WARNING arkerfs\.fs\.vfs: dropped the incomplete new content of /home/user/late ")
 
 
+def test_a_full_journal_disk_gives_enospc_at_close_and_keeps_the_remote_intact(server, api):
+    """Write-back: close() copies the content into the journal; when the local disk holding the
+    journal cannot take it (and nothing pending could be pushed to make room), close() fails
+    with ENOSPC and nothing reaches the VM. Smaller files still fit and are pushed. (The journal
+    leaves the disk's last 64 MiB free: an 80 MiB disk takes about 16 MiB.)"""
+    vm = api.fork()
+    old = b"old content\n" * 1000
+    api.write_file(vm, "/home/user/doc", old)
+    new = b"n" * (20 * MB)
+    with small_tmpfs("80m") as state, mounted(server, "--write-back", vm_id=vm, state_home=state) as m:
+        fd = os.open(m.p("doc"), os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, new)  # the write buffer's spool has room; the journal's disk has not
+        finally:
+            closed = close_errno(fd)
+        assert closed == errno.ENOSPC
+        assert api.read_file(vm, "/home/user/doc") == old
+        assert read(m.p("doc")) == old
+        write(m.p("small"), b"fits")
+        assert api.read_file(vm, "/home/user/small") == b"fits"
+        # as in write-through, the refused content is not dropped: it is a rescue file, named in
+        # the log, and the daemon's exit status says so
+        (saved,) = re.findall(r"ERROR arkerfs\.fs\.vfs: unsent data of /home/user/doc saved to (\S+)$", m.log(), re.M)
+        assert read(saved) == new
+        m.allow_log(r"ERROR arkerfs\.fs\.vfs: unsent data of /home/user/doc saved to ")
+        m.expect_exit = exitcodes.PENDING
+    assert api.read_file(vm, "/home/user/doc") == old
+
+
 # -- names that are not UTF-8 --------------------------------------------------------------------
-def test_non_utf8_names_list_read_and_write_without_corrupting_the_listing(server, api):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_non_utf8_names_list_read_and_write_without_corrupting_the_listing(server, api, mode):
     vm = api.fork()
     api.sh(vm, "mkdir /home/user/d && cd /home/user/d && echo plain > a.txt && echo latin1 > $'caf\\xe9' "
                "&& echo ff > $'\\xff\\xfe' && echo utf8 > 'é.txt' && mkdir $'sub\\x80'")
-    with mounted(server, vm_id=vm) as m:
+    with mounted(server, *WRITE_MODES[mode], vm_id=vm) as m:
         d = os.fsencode(m.p("d"))
         names = sorted(os.listdir(d))
         assert names == sorted([b"a.txt", b"caf\xe9", b"\xff\xfe", "é.txt".encode(), b"sub\x80"])

@@ -1,4 +1,6 @@
-"""Round-trip budgets of everyday workloads through real mounts, counted on the server.
+"""Round-trip budgets of everyday workloads through real write-through mounts (``--write-through``,
+named: write-back is the default; its batch budgets are in test_writeback_mount.py), counted on
+the server.
 
 Every number here is exact: the calls a workload makes are deterministic once nothing expires
 in the middle of it, so mounts whose measurement must not see an expiry use a long
@@ -23,10 +25,15 @@ import time
 
 import pytest
 
-from tests.mountutil import mounted
+from tests.mountutil import mounted as mounted_in_the_default_mode
 
 MB = 1024 * 1024
 LONG_TTL = ("--cache-ttl", "600")  # nothing expires during a measurement
+
+
+def mounted(server, *args, **kwargs):
+    """Write-through mounts: these are its budgets (write-back's: tests/test_writeback_mount.py)."""
+    return mounted_in_the_default_mode(server, "--write-through", *args, **kwargs)
 
 
 def sh(*cmd: str, cwd: str | None = None) -> str:

@@ -118,16 +118,19 @@ def test_kill_9_during_writes_leaves_every_file_old_or_new(server, tmp_path, mod
                 assert digest(f.read()) == digest(current[name])
 
 
-def test_next_mount_cleans_a_stale_mount_with_a_clear_message(server):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_next_mount_cleans_a_stale_mount_with_a_clear_message(server, mode):
+    """Write-back: the file closed before the kill is in the journal; the next mount replays it."""
     api = Api(server)
     vm = api.fork()
     workdir = tempfile.mkdtemp(prefix="arkerfs-crash-")
     mnt = os.path.realpath(os.path.join(workdir, "mnt"))
     os.mkdir(mnt)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARKER_")}
-    env |= {"XDG_RUNTIME_DIR": workdir, "XDG_CACHE_HOME": workdir, "ARKER_API_KEY": server.api_key}
+    env |= {"XDG_RUNTIME_DIR": workdir, "XDG_CACHE_HOME": workdir, "XDG_STATE_HOME": workdir,
+            "ARKER_API_KEY": server.api_key}
     try:
-        done = arkerfs("mount", "--base-url", server.base_url, vm, mnt, env=env)
+        done = arkerfs("mount", *WRITE_MODES[mode], "--base-url", server.base_url, vm, mnt, env=env)
         assert done.returncode == 0, done.stderr
         with open(os.path.join(mnt, "before"), "w") as f:
             f.write("pushed before the crash")
@@ -135,7 +138,7 @@ def test_next_mount_cleans_a_stale_mount_with_a_clear_message(server):
             pid = json.load(f)["pid"]
         os.kill(pid, signal.SIGKILL)
         wait_enotconn(mnt)
-        done = arkerfs("mount", "--base-url", server.base_url, vm, mnt, env=env)
+        done = arkerfs("mount", *WRITE_MODES[mode], "--base-url", server.base_url, vm, mnt, env=env)
         assert done.returncode == 0, done.stderr
         assert f"removed a stale mount at {mnt}" in done.stderr and "daemon had died" in done.stderr
         assert runtime.mount_entry(mnt) == (f"arkerfs:{vm}", "fuse.arkerfs")
@@ -143,6 +146,7 @@ def test_next_mount_cleans_a_stale_mount_with_a_clear_message(server):
             assert f.read() == "pushed before the crash"
         done = arkerfs("umount", mnt, env=env)
         assert done.returncode == 0, done.stderr
+        assert api.read_file(vm, "/home/user/before") == b"pushed before the crash"
     finally:
         if runtime.mount_entry(mnt) is not None:
             subprocess.run(["fusermount3", "-u", "-z", mnt])

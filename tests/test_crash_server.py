@@ -18,6 +18,7 @@ import trio
 
 from arkerfs.client import Arker, ArkerError
 from arkerfs.client.retry import RetryPolicy
+from tests.conftest import WRITE_MODES
 from tests.mountutil import Api, mounted
 from tests.test_faults_mount import private_server
 from tests.test_faults_outage import restart
@@ -85,10 +86,11 @@ def test_kill_9_during_uploads_leaves_whole_files_and_no_temp_names(tmp_path):
             assert not [n for n in listing if "arkerfs-tmp" in n], listing
             assert api.read_file(vm, "/home/user/other") == b"keep\n"
         assert cut_off >= 4  # the kills hit uploads in flight, not an idle server
-        with mounted(srv, vm_id=vm) as m:
-            names = os.listdir(m.path)
-            assert {"inline.bin", "presigned.bin", "other"} <= set(names)
-            assert not [n for n in names if "arkerfs-tmp" in n], names
+        for flags in WRITE_MODES.values():  # what a mount lists: real names only, in either mode
+            with mounted(srv, *flags, vm_id=vm) as m:
+                names = os.listdir(m.path)
+                assert {"inline.bin", "presigned.bin", "other"} <= set(names)
+                assert not [n for n in names if "arkerfs-tmp" in n], names
 
 
 def test_uploads_never_show_temporary_names_in_the_vm(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 
 from arkerfs.protocol import CLIENT_MAX_FILE_BYTES as LIMIT
 from arkerfs.server.control import ServerProcess
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, WRITE_MODES
 from tests.mountutil import mounted
 
 
@@ -189,10 +189,18 @@ def server_on_ramfs():
         os.rmdir(top)
 
 
-def test_xattr_errnos_where_the_vm_filesystem_stores_none():
+@pytest.fixture(scope="module")
+def ramfs_server():
+    with server_on_ramfs() as server:
+        yield server
+
+
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_xattr_errnos_where_the_vm_filesystem_stores_none(ramfs_server, mode):
     """Same answers as anywhere (a missing user.* name is ENODATA, listing is empty); only a
-    setxattr of a user.* name says ENOTSUP, since it cannot be stored there."""
-    with server_on_ramfs() as server, mounted(server) as m:
+    setxattr of a user.* name says ENOTSUP, since it cannot be stored there (write-back: xattr
+    changes are applied at once, so the errno comes from the VM too)."""
+    with mounted(ramfs_server, *WRITE_MODES[mode]) as m:
         write(m.p("f"), b"x")
         assert xattr_answers(m.p("f")) == EXPECTED_XATTRS
         assert errno_of(os.setxattr, m.p("f"), "user.k", b"v") == errno.ENOTSUP

@@ -243,7 +243,8 @@ def test_large_upload_failing_at_close_keeps_old_remote_and_rescues_new(server, 
     new = random.Random(2).randbytes(6 * MB + 5)
     vm = api.fork()
     api.write_file(vm, "/home/user/doc", old)
-    with mounted(server, vm_id=vm) as m:
+    # write-through: close() uploads and reports (write-back: test_mount's upload_failure_in_write_back)
+    with mounted(server, "--write-through", vm_id=vm) as m:
         allow(m, *RETRY_NOISE, r"ERROR arkerfs\.fs\.vfs: unsent data of /home/user/doc saved to ")
         m.expect_exit = exitcodes.PENDING  # the daemon reports the rescued file at unmount
         fd = os.open(m.p("doc"), os.O_WRONLY | os.O_TRUNC)

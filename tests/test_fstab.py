@@ -63,12 +63,13 @@ def test_mount_t_fuse_arkerfs_with_options(server, api, fs):
     assert runtime.mount_entry(mnt) is None
 
 
-def test_fstab_line(server, api, fs, workdir):
+@pytest.mark.parametrize("mode", ["write_back", "write_through"])
+def test_fstab_line(server, api, fs, workdir, mode):
     vm, mnt, key_file, env = fs
     fstab = os.path.join(workdir, "fstab")
     with open(fstab, "w") as f:
         f.write("# a comment line\n")
-        f.write(f"{vm} {mnt} fuse.arkerfs noauto,_netdev,nofail,x-systemd.automount,comment=test,"
+        f.write(f"{vm} {mnt} fuse.arkerfs noauto,_netdev,nofail,x-systemd.automount,comment=test,{mode},"
                 f"api_key_file={key_file},base_url={server.base_url},allow_other,noexec 0 0\n")
     done = mount8("-T", fstab, mnt, env=env)
     assert done.returncode == 0, done.stderr
@@ -77,7 +78,9 @@ def test_fstab_line(server, api, fs, workdir):
     with open(os.path.join(mnt, "from-fstab.txt"), "w") as f:
         f.write("written")
     daemon = _state(env, mnt)
-    # umount(8) works too: the daemon pushes what is pending and exits on its own.
+    done = arkerfs("status", mnt, "--json", env=env)
+    assert json.loads(done.stdout)["mode"] == mode.replace("_", "-"), done.stderr
+    # umount(8) works too: the daemon pushes what is pending (write-back: the journal) and exits.
     done = subprocess.run(["umount", mnt], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert runtime.mount_entry(mnt) is None

@@ -10,10 +10,21 @@ import sys
 import time
 
 from arkerfs.mount import runtime, status
+import pytest
+
+from tests.conftest import WRITE_MODES
 from tests.mountutil import Api, mounted
 from tests.test_faults_mount import private_server
 from tests.test_hang import HOLDER, NOISE, stopped
 from tests.test_mount_cli import arkerfs, assert_one_line_failure, env_for
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def wait_until(predicate, what: str, timeout: float = 30.0) -> None:
@@ -24,14 +35,17 @@ def wait_until(predicate, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def test_sigterm_drains_while_the_mount_still_answers(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_sigterm_drains_while_the_mount_still_answers(tmp_path, monkeypatch, mode):
     with private_server(tmp_path) as srv:
         # a long cache TTL: while the API is frozen the mount answers from what it knows
-        with mounted(srv, "--cache-ttl", "600") as m:
+        with mounted(srv, *WRITE_MODES[mode], "--cache-ttl", "600") as m:
             monkeypatch.setenv("XDG_RUNTIME_DIR", os.path.dirname(m.path))  # the daemon's
             for pattern in NOISE:
                 m.allow_log(pattern)
             os.mkdir(m.p("dir"))
+            open(m.p("unsent"), "w").close()
+            fsync_dir(m.path)  # write-back: both names in the VM, so only unsent's data is pending
             # Another process holds a file open with data only the daemon has (see test_hang).
             holder = subprocess.Popen([sys.executable, "-c", HOLDER, m.p("unsent")], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

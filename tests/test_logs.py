@@ -7,6 +7,9 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+from tests.conftest import WRITE_MODES
 from tests.mountutil import daemon_command, teardown, wait_for_mount
 from tests.test_mount_cli import arkerfs, env_for
 
@@ -36,9 +39,10 @@ def _foreground(server, vm: str, workdir: str, *args: str) -> tuple[subprocess.P
     return proc, mnt, log_path
 
 
-def test_debug_logs_every_api_call_and_fuse_operation_but_never_the_key(server, api, workdir):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_debug_logs_every_api_call_and_fuse_operation_but_never_the_key(server, api, workdir, mode):
     vm = api.fork()
-    proc, mnt, log_path = _foreground(server, vm, workdir, "--debug")
+    proc, mnt, log_path = _foreground(server, vm, workdir, "--debug", *WRITE_MODES[mode])
     try:
         with open(os.path.join(mnt, "new.txt"), "w") as f:
             f.write("x" * 1000)

@@ -11,12 +11,13 @@ import time
 
 import pytest
 
+from tests.conftest import WRITE_MODES
 from tests.mountutil import mounted
 
 
-@pytest.fixture
-def m(server):
-    with mounted(server) as mount:
+@pytest.fixture(params=list(WRITE_MODES))
+def m(server, request):
+    with mounted(server, *WRITE_MODES[request.param]) as mount:
         yield mount
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from arkerfs import exitcodes
-from tests.conftest import WRITE_BACK_ONLY, WRITE_THROUGH_ONLY
+from tests.conftest import WRITE_BACK_ONLY, WRITE_MODES, WRITE_THROUGH_ONLY
 from tests.mountutil import mounted
 
 MB = 1024 * 1024
@@ -37,10 +37,11 @@ def read(path: str) -> bytes:
         return f.read()
 
 
-def test_ls_l_costs_one_listing_and_entry_stats_cost_nothing(server, api, control):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_ls_l_costs_one_listing_and_entry_stats_cost_nothing(server, api, control, mode):
     vm = api.fork()
     api.sh(vm, "mkdir /home/user/many && cd /home/user/many && for i in $(seq 30); do echo $i > f$i; done")
-    with mounted(server, vm_id=vm) as m:
+    with mounted(server, *WRITE_MODES[mode], vm_id=vm) as m:
         os.stat(m.p("many"))  # the lookup of the directory itself is not what we measure
         control.reset_stats()
         listing = sh("ls", "-l", m.p("many"))
@@ -102,11 +103,12 @@ def test_dd_seek_notrunc_truncate_and_sparse(m, api):
     assert api.read_file(m.vm_id, "/home/user/blob") == b"012\0\0\0"
 
 
-def test_six_megabytes_byte_exact_both_ways(server, api, control):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_six_megabytes_byte_exact_both_ways(server, api, control, mode):
     vm = api.fork()
     down = os.urandom(6 * MB + 123)
     api.write_file(vm, "/home/user/down.bin", down)
-    with mounted(server, vm_id=vm) as m:
+    with mounted(server, *WRITE_MODES[mode], vm_id=vm) as m:
         up = os.urandom(6 * MB)
         write(m.p("up.bin"), up)
         assert api.read_file(m.vm_id, "/home/user/up.bin") == up
@@ -230,8 +232,9 @@ def test_efbig_at_the_limit_leaves_the_remote_unchanged(m, api, control):
     assert api.read_file(m.vm_id, "/home/user/big") == b"old"
 
 
-def test_change_in_the_vm_is_visible_within_the_ttl(server, api):
-    with mounted(server, "--cache-ttl", "1") as m:
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_change_in_the_vm_is_visible_within_the_ttl(server, api, mode):
+    with mounted(server, *WRITE_MODES[mode], "--cache-ttl", "1") as m:
         write(m.p("f"), b"v1")
         assert read(m.p("f")) == b"v1"
         api.sh(m.vm_id, "echo -n version-two > /home/user/f; touch /home/user/new")
@@ -310,10 +313,12 @@ def test_files_look_owned_by_the_mounting_user_and_chown_is_refused(m):
     assert errno_of(os.chown, m.p("f"), 12345, 12345) == errno.EPERM
 
 
-def test_show_remote_owner_passes_chown_through(server, api):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_show_remote_owner_passes_chown_through(server, api, mode):
     """chown goes to the VM, whose user is unprivileged: a change of owner is refused there
-    (EPERM, as for any non-root user of a local disk) and nothing changes."""
-    with mounted(server, "--show-remote-owner") as m:
+    (EPERM, as for any non-root user of a local disk) and nothing changes (write-back: chown is
+    applied at once, after everything pending)."""
+    with mounted(server, *WRITE_MODES[mode], "--show-remote-owner") as m:
         write(m.p("f"), b"")
         owner = api.sh(m.vm_id, "stat -c '%u %g' /home/user/f")
         remote_uid, remote_gid = map(int, owner.split())

@@ -15,6 +15,7 @@ import pytest
 
 from arkerfs import exitcodes
 from arkerfs.mount import runtime
+from tests.conftest import WRITE_MODES
 from tests.mountutil import daemon_command, log_problems, mounted, teardown, wait_for_mount
 
 
@@ -79,11 +80,12 @@ def test_mountpoint_and_key_file_checks(server, workdir):
     assert_one_line_failure(arkerfs("mount", "vm", mnt, env=env_for(workdir, None)), "no API key")
 
 
-def test_detached_mount_and_umount_round_trip(server, api, workdir):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_detached_mount_and_umount_round_trip(server, api, workdir, mode):
     vm = api.fork()
     mnt = os.path.realpath(os.path.join(workdir, "mnt"))
     env = env_for(workdir, server.api_key)
-    done = arkerfs("mount", "--base-url", server.base_url, vm, mnt, env=env)
+    done = arkerfs("mount", *WRITE_MODES[mode], "--base-url", server.base_url, vm, mnt, env=env)
     assert done.returncode == 0, done.stderr
     assert runtime.mount_entry(mnt) == (f"arkerfs:{vm}", "fuse.arkerfs")  # live when mount returned
     state = runtime_state(workdir, mnt)
@@ -92,7 +94,7 @@ def test_detached_mount_and_umount_round_trip(server, api, workdir):
     assert_one_line_failure(again, "already mounted")
     with open(os.path.join(mnt, "kept.txt"), "w") as f:
         f.write("pushed")
-    done = arkerfs("umount", mnt, env=env)
+    done = arkerfs("umount", mnt, env=env)  # write-back: exits 0 only once kept.txt is in the VM
     assert done.returncode == 0, done.stderr
     assert runtime.mount_entry(mnt) is None
     assert not os.path.exists(f"/proc/{state.pid}") or _zombie(state.pid)
@@ -103,11 +105,13 @@ def test_detached_mount_and_umount_round_trip(server, api, workdir):
     assert arkerfs("umount", mnt, env=env).returncode != 0  # nothing mounted any more
 
 
-def test_sigterm_pushes_and_unmounts_cleanly(server, api, workdir):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_sigterm_pushes_and_unmounts_cleanly(server, api, workdir, mode):
     vm = api.fork()
     mnt = os.path.realpath(os.path.join(workdir, "mnt"))
     log_path = os.path.join(workdir, "daemon.log")
-    proc = subprocess.Popen(daemon_command(vm, mnt, server.base_url, log_path), env=env_for(workdir, server.api_key),
+    proc = subprocess.Popen(daemon_command(vm, mnt, server.base_url, log_path, *WRITE_MODES[mode]),
+                            env=env_for(workdir, server.api_key),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         wait_for_mount(proc, mnt, log_path)
@@ -126,10 +130,12 @@ def test_sigterm_pushes_and_unmounts_cleanly(server, api, workdir):
 
 
 def test_umount_reports_data_it_could_not_push(server, api, control, workdir):
+    """Write-through: what could not be pushed goes to a rescue file (write-back: the journal
+    keeps it, the test below)."""
     vm = api.fork()
     mnt = os.path.realpath(os.path.join(workdir, "mnt"))
     env = env_for(workdir, server.api_key)
-    assert arkerfs("mount", "--base-url", server.base_url, vm, mnt, env=env).returncode == 0
+    assert arkerfs("mount", "--write-through", "--base-url", server.base_url, vm, mnt, env=env).returncode == 0
     f = open(os.path.join(mnt, "unsaved"), "w")
     f.write("precious")
     f.flush()  # in the buffer, not uploaded: the file is still open
@@ -146,11 +152,38 @@ def test_umount_reports_data_it_could_not_push(server, api, control, workdir):
         f.close()
 
 
-def test_stale_mount_is_cleaned_by_umount(server, api, workdir):
+def test_umount_in_write_back_keeps_what_it_could_not_push_in_the_journal(server, api, control, workdir):
+    """umount exits 7 naming the journal; nothing is lost: the next mount of the VM pushes it."""
     vm = api.fork()
     mnt = os.path.realpath(os.path.join(workdir, "mnt"))
     env = env_for(workdir, server.api_key)
-    assert arkerfs("mount", "--base-url", server.base_url, vm, mnt, env=env).returncode == 0
+    assert arkerfs("mount", "--write-back", "--base-url", server.base_url, vm, mnt, env=env).returncode == 0
+    with open(os.path.join(mnt, "closed"), "w") as closed:
+        closed.write("in the journal")
+    f = open(os.path.join(mnt, "unsaved"), "w")
+    f.write("precious")
+    f.flush()  # in the buffer: the file is still open
+    control.set_faults(fail_rate=1.0, fail_status=403)  # a refusal: not retried, so umount ends soon
+    done = arkerfs("umount", mnt, env=env)
+    control.clear_faults()
+    assert done.returncode == exitcodes.PENDING, (done.returncode, done.stderr)
+    assert "could not be pushed" in done.stderr, done.stderr
+    assert f"data kept in: {os.path.join(workdir, 'arkerfs', vm)} (write-back journal: " in done.stderr, done.stderr
+    assert runtime.mount_entry(mnt) is None
+    with pytest.raises(OSError):
+        f.close()
+    assert arkerfs("mount", "--write-back", "--base-url", server.base_url, vm, mnt, env=env).returncode == 0
+    assert arkerfs("umount", mnt, env=env).returncode == 0  # replayed, pushed
+    assert api.read_file(vm, "/home/user/closed") == b"in the journal"
+    assert api.read_file(vm, "/home/user/unsaved") == b"precious"
+
+
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_stale_mount_is_cleaned_by_umount(server, api, workdir, mode):
+    vm = api.fork()
+    mnt = os.path.realpath(os.path.join(workdir, "mnt"))
+    env = env_for(workdir, server.api_key)
+    assert arkerfs("mount", *WRITE_MODES[mode], "--base-url", server.base_url, vm, mnt, env=env).returncode == 0
     os.kill(runtime_state(workdir, mnt).pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while not _enotconn(mnt):
@@ -161,10 +194,11 @@ def test_stale_mount_is_cleaned_by_umount(server, api, workdir):
     assert runtime.mount_entry(mnt) is None
 
 
-def test_local_mode_creates_the_vm_and_mounts(workdir):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_local_mode_creates_the_vm_and_mounts(workdir, mode):
     mnt = os.path.realpath(os.path.join(workdir, "mnt"))
     env = env_for(workdir, None)
-    done = arkerfs("mount", "--local", "mine", mnt, env=env, timeout=90)
+    done = arkerfs("mount", *WRITE_MODES[mode], "--local", "mine", mnt, env=env, timeout=90)
     assert done.returncode == 0, done.stderr
     try:
         assert "README.md" in os.listdir(mnt)  # a fork of arkuntu
@@ -174,7 +208,7 @@ def test_local_mode_creates_the_vm_and_mounts(workdir):
         done = arkerfs("umount", mnt, env=env)
     assert done.returncode == 0, done.stderr
     # the data lives in the embedded server's data dir; a second mount sees it
-    assert arkerfs("mount", "--local", "mine", mnt, env=env, timeout=90).returncode == 0
+    assert arkerfs("mount", *WRITE_MODES[mode], "--local", "mine", mnt, env=env, timeout=90).returncode == 0
     try:
         with open(os.path.join(mnt, "local.txt")) as f:
             assert f.read() == "here"

@@ -26,6 +26,7 @@ from conftest import TEST_INLINE_READ_LIMIT
 from test_server_support import (  # noqa: F401  (api, http, vm are fixtures)
     api, assert_error, client, fork, home_of, http, run, sync, vm, write, write_entry,
 )
+from tests.conftest import WRITE_MODES
 from tests.mountutil import mounted
 
 MB = 1024 * 1024
@@ -49,9 +50,10 @@ def status_of(answer: bytes) -> int:
 
 
 # -- the mount ----------------------------------------------------------------------------------
-def test_key_never_in_debug_log_argv_or_spool(server, control):
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_key_never_in_debug_log_argv_or_spool(server, control, mode):
     key = server.api_key
-    with mounted(server, "--debug") as m:
+    with mounted(server, *WRITE_MODES[mode], "--debug") as m:
         m.allow_log(r"WARNING arkerfs\.(client|mount\.ops|fs\.remote)")
         big = os.urandom(5 * MB)
         with open(m.p("big"), "wb") as f:
@@ -59,8 +61,17 @@ def test_key_never_in_debug_log_argv_or_spool(server, control):
         with open(m.p("big"), "rb") as f:
             assert f.read() == big
         assert_errno(errno.ENOENT, os.stat, m.p("missing"))
-        control.set_faults(fail_rate=1.0)  # failing operations, logged with their errors
-        assert_errno((errno.EIO, errno.EAGAIN), os.mkdir, m.p("fails"))
+        if not m.write_back:
+            control.set_faults(fail_rate=1.0)  # failing operations, logged with their errors
+            assert_errno((errno.EIO, errno.EAGAIN), os.mkdir, m.p("fails"))
+        else:  # changes are recorded here; their push fails (refused: at once), logged, and fsync says so
+            m.allow_log(r"(WARNING|ERROR) arkerfs\.writeback\.pusher")
+            os.mkdir(m.p("fails"))
+            control.set_faults(fail_rate=1.0, fail_status=403)
+            with open(m.p("fails", "f"), "wb") as f:
+                f.write(b"refused")
+                f.flush()
+                assert_errno(errno.EIO, os.fsync, f.fileno())
         control.clear_faults()
         pending = open(m.p("pending"), "wb")  # spilled to a spool file, still open while we look
         pending.write(os.urandom(5 * MB))
@@ -78,6 +89,10 @@ def test_key_never_in_debug_log_argv_or_spool(server, control):
         assert "DEBUG" in log and "POST /api/v1/vms/" in log  # the debug log is really on
         assert key not in log and "Bearer" not in log and "/_blob/" not in log
         assert key not in " ".join(os.listdir(m.spool_dir))
+        # nor in anything else the daemon keeps: state file, status socket's dir, the write-back journal
+        state = os.path.join(os.path.dirname(m.path), "arkerfs")
+        assert grep_tree(state, key.encode()) == []
+        assert os.path.isdir(os.path.join(state, m.vm_id)) == m.write_back  # the journal was looked at
 
 
 def test_mount_command_removes_the_key_from_the_environment_it_hands_down(server, monkeypatch, tmp_path):
@@ -109,7 +124,8 @@ def test_local_mode_key_is_not_in_argv_environment_or_runs(tmp_path):
     os.mkdir(mnt)
     log_path = os.path.join(workdir, "daemon.log")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARKER_")}
-    env |= {"XDG_RUNTIME_DIR": workdir, "XDG_CACHE_HOME": workdir, "XDG_DATA_HOME": str(data_home)}
+    env |= {"XDG_RUNTIME_DIR": workdir, "XDG_CACHE_HOME": workdir, "XDG_STATE_HOME": workdir,
+            "XDG_DATA_HOME": str(data_home)}
     proc = subprocess.Popen([sys.executable, "-m", "arkerfs", "mount", "--foreground", "--local", "--debug",
                              "--log-file", log_path, "mine", mnt], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -123,6 +139,8 @@ def test_local_mode_key_is_not_in_argv_environment_or_runs(tmp_path):
             assert key.encode() not in Path(f"/proc/{proc.pid}/{what}").read_bytes(), what
         with open(os.path.join(mnt, "probe.sh"), "w") as f:
             f.write(f"cat {data_dir}/api-key {data_dir}/blob-secret 2>&1; ls -A {data_dir} | wc -l; env\n")
+            f.flush()
+            os.fsync(f.fileno())  # in the VM now (write-back: close() alone would leave it in the journal)
         url = next(line.split(" on ")[-1] for line in open(log_path) if "embedded server for" in line).strip()
         with client(url, key=key) as c:
             vm_id = c.get("/api/v1/vms/list?q=mine").json()["items"][0]["vm_id"]

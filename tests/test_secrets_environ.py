@@ -60,7 +60,8 @@ def test_detached_mount_started_with_the_key_in_its_environment(server):
     mnt = os.path.realpath(os.path.join(workdir, "mnt"))
     os.mkdir(mnt)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARKER_")}
-    env |= {"XDG_RUNTIME_DIR": workdir, "XDG_CACHE_HOME": workdir, "ARKER_API_KEY": server.api_key}
+    env |= {"XDG_RUNTIME_DIR": workdir, "XDG_CACHE_HOME": workdir, "XDG_STATE_HOME": workdir,
+            "ARKER_API_KEY": server.api_key}
     try:
         done = arkerfs("mount", "--base-url", server.base_url, vm, mnt, env=env)
         assert done.returncode == 0, done.stderr

@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from tests.conftest import WRITE_MODES
 from tests.mountutil import mounted
 
 PLANT = ("cd /home/user && echo vmdata > x && mkdir -p d/e && echo deep > d/e/f"
@@ -39,8 +40,9 @@ def read(path) -> bytes:
         return f.read()
 
 
-def test_links_into_the_home_read_as_links_into_the_mount(server, api, planted):
-    with mounted(server, vm_id=planted) as m:
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
+def test_links_into_the_home_read_as_links_into_the_mount(server, api, planted, mode):
+    with mounted(server, *WRITE_MODES[mode], vm_id=planted) as m:
         shown = {name: os.readlink(m.p(name)) for name in RAW}
         assert shown == {"hx": "x", "d/hx": "../x", "d/e/hf": "f", "d/hf": "e/f", "home": ".",
                          "d/e/up": "../", "pw": "/etc/passwd", "other": "/home/username/x", "rel": "x",

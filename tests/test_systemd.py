@@ -17,6 +17,7 @@ import pytest
 
 from arkerfs.cli import build_parser
 from arkerfs.mount import runtime
+from tests.conftest import WRITE_MODES
 from tests.mountutil import daemon_command, log_problems, teardown
 from tests.test_mount_cli import env_for
 
@@ -97,6 +98,7 @@ def test_mount_unit_commands_parse_with_the_real_cli():
     args = build_parser().parse_args(argv[1:])
     assert (args.command, args.vm, args.mountpoint) == ("mount", "my-vm", "/home/someone/arker/my-vm")
     assert args.foreground and args.api_key_file == "/run/user/1000/credentials/x/arker-api-key"
+    assert args.write_back  # the default: ExecStop's umount waits for the journal's push
     (stop,) = settings["[Service]ExecStop"]
     args = build_parser().parse_args(expand(stop)[1:])
     assert (args.command, args.mountpoint) == ("umount", "/home/someone/arker/my-vm")
@@ -123,8 +125,8 @@ def _receive(sock: socket.socket, proc: subprocess.Popen, log_path: str, timeout
     pytest.fail(f"no notification within {timeout} s:\n{open(log_path).read()}")
 
 
-@pytest.mark.parametrize("kind", ["path", "abstract"])
-def test_ready_only_once_the_mount_answers_and_stopping_on_sigterm(server, api, workdir, kind):
+@pytest.mark.parametrize("kind,mode", [("path", "write-back"), ("abstract", "write-through")])
+def test_ready_only_once_the_mount_answers_and_stopping_on_sigterm(server, api, workdir, kind, mode):
     vm = api.fork()
     api.write_file(vm, "/home/user/hello.txt", b"hi")
     mnt = os.path.realpath(os.path.join(workdir, "mnt"))
@@ -138,7 +140,7 @@ def test_ready_only_once_the_mount_answers_and_stopping_on_sigterm(server, api, 
     sock.bind(bound)
     sock.settimeout(0.2)
     env = env_for(workdir, server.api_key) | {"NOTIFY_SOCKET": address}
-    proc = subprocess.Popen(daemon_command(vm, mnt, server.base_url, log_path), env=env,
+    proc = subprocess.Popen(daemon_command(vm, mnt, server.base_url, log_path, *WRITE_MODES[mode]), env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         first = _receive(sock, proc, log_path)
@@ -149,11 +151,14 @@ def test_ready_only_once_the_mount_answers_and_stopping_on_sigterm(server, api, 
         assert os.stat(mnt).st_dev != os.stat(os.path.dirname(mnt)).st_dev
         with open(os.path.join(mnt, "hello.txt")) as f:
             assert f.read() == "hi"
+        with open(os.path.join(mnt, "bye.txt"), "w") as f:
+            f.write("pushed before the stop")
         proc.send_signal(signal.SIGTERM)
         stopping = _receive(sock, proc, log_path)
         assert "STOPPING=1" in stopping.splitlines(), stopping
         assert proc.wait(30) == 0
         assert runtime.mount_entry(mnt) is None
+        assert api.read_file(vm, "/home/user/bye.txt") == b"pushed before the stop"
     finally:
         sock.close()
         teardown(proc, mnt)

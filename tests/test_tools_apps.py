@@ -136,12 +136,13 @@ def atomic_save(path: str, data: bytes) -> None:
         os.close(dfd)
 
 
+@pytest.mark.parametrize("mode", list(WRITE_MODES))
 @pytest.mark.parametrize("size", [5000, 3 * MB])  # inline reads, and presigned ranged reads
-def test_python_atomic_save_keeps_old_handles_on_the_old_content(server, api, size):
+def test_python_atomic_save_keeps_old_handles_on_the_old_content(server, api, size, mode):
     vm = api.fork()
     made_in_vm = random.Random(size).randbytes(size)
     api.write_file(vm, f"{HOME}/from-vm", made_in_vm)
-    with mounted(server, vm_id=vm) as m:
+    with mounted(server, *WRITE_MODES[mode], vm_id=vm) as m:
         ours = random.Random(size + 1).randbytes(size)
         with open(m.p("ours"), "wb") as f:
             f.write(ours)
@@ -157,7 +158,12 @@ def test_python_atomic_save_keeps_old_handles_on_the_old_content(server, api, si
             assert partly.read() == old[100:], name
             unread.close()
             partly.close()
-        assert sorted(os.listdir(m.path)) == sorted(vm_ls(api, m, ""))
+        # the VM's home less the pushes' staging area (batched installs), which the mount hides
+        # by design; no staged content is left in it
+        in_vm = vm_ls(api, m, "")
+        assert sorted(os.listdir(m.path)) == sorted(n for n in in_vm if n != ".arkerfs")
+        if ".arkerfs" in in_vm:
+            assert vm_ls(api, m, ".arkerfs/staging") == []
         assert not [n for n in os.listdir(m.path) if n.endswith(".tmp")]
 
 

@@ -43,11 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long metadata read from the VM is trusted (default 3)")
     parser.add_argument("--read-only", action="store_true", help="refuse every change (EROFS)")
     writes = parser.add_mutually_exclusive_group()
+    writes.set_defaults(write_back=True)
     writes.add_argument("--write-back", dest="write_back", action="store_true",
                         help="close() returns once the data is in a local journal; changes are pushed to "
-                             "the VM in batches (see README, 'Write-back')")
+                             "the VM in batches; wait with fsync, arkerfs sync or arkerfs umount "
+                             "(default; see README, 'Write modes')")
     writes.add_argument("--write-through", dest="write_back", action="store_false",
-                        help="every change is applied in the VM before its call returns (default)")
+                        help="every change is applied in the VM before its call returns (close() = uploaded)")
     parser.add_argument("--journal-max-bytes", type=_byte_count, default=2 * 1024**3, metavar="BYTES",
                         help="write-back: contents held locally before writers wait for pushes "
                              "(default 2G; suffixes K, M, G; never more than the free space)")
@@ -207,8 +209,10 @@ def _remove_stale(mountpoint: str) -> bool:
         raise CommandError(f"{mountpoint} is a stale mount (its daemon died) and fusermount3 -u -z failed: "
                            f"{done.stderr.strip()}")
     runtime.remove_state(mountpoint)
+    # write-through: what close() returned for is in the VM; write-back: in the VM's journal,
+    # which the next mount of that VM replays. Only writes never closed are gone.
     print(f"arkerfs mount: removed a stale mount at {mountpoint} (its daemon had died; "
-          "writes it had not pushed are lost)", file=sys.stderr)
+          "writes no close() had returned for are lost)", file=sys.stderr)
     return True
 
 

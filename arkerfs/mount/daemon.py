@@ -28,7 +28,7 @@ class MountConfig:
     list_base_url: str | None = None
     cache_ttl: float = 3.0
     read_only: bool = False
-    write_back: bool = False  # changes go to a journal under $XDG_STATE_HOME/arkerfs/<vm-id>/ first
+    write_back: bool = True  # changes go to a journal under $XDG_STATE_HOME/arkerfs/<vm-id>/ first
     journal_max_bytes: int = 2 * 1024**3  # writers wait for pushes beyond this (and the free space)
     outage_timeout: float = 60.0  # see docs/RELIABILITY.md: wait this long for an unreachable API
     run_timeout: float = 60.0  # server-side bound of every run the mount issues

@@ -66,7 +66,8 @@ def unmount(mountpoint: str, *, timeout: float = 900.0, force: bool = False) -> 
     if done.returncode != 0:
         return exitcodes.FAILED, f"the daemon is gone and fusermount3 -u -z failed: {done.stderr.strip()}" + note
     return exitcodes.OK, (f"the daemon was not running; removed the stale mount at {mountpoint} "
-                  "(writes not pushed before it died are lost)") + note
+                  "(writes no close() had returned for are lost; a write-back journal is pushed by "
+                  "the next mount of that VM)") + note
 
 
 def _stop_daemon(mountpoint: str, state, timeout: float, force: bool) -> tuple[int, str]:
