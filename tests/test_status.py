@@ -141,7 +141,6 @@ def test_state_attribute_in_write_back_stays_failed_until_arkerfs_sync_pushes_it
                                              "failed": 0}
 
 
-@pytest.mark.xfail(strict=True, reason="write-back counts journal changes (create + write), not files")
 def test_pending_counts_files_in_write_back(server, control, monkeypatch):
     with mounted(server, "--write-back") as m:
         with open(m.p("one"), "wb", buffering=0) as f:

@@ -533,16 +533,24 @@ class VFS:
             "pushing": sum(f.pushing for f in dirty),
             "failed": sum(f.sync_state == "failed" for f in dirty),
         }
-        if self.write_back:  # the journal's changes count too
+        if self.write_back:  # the journal's changes count too, each path once
             journal = self.remote.journal.summary()
             age = None if journal["oldest"] is None else round(time.time() - journal["oldest"], 1)
-            summary["files"] += journal["changes"]
+            summary["files"] = journal["paths"] + sum(
+                1 for ino, f in list(self._files.items())
+                if f.dirty and not (ino in self.inodes and self._journaled(ino)))
             summary["bytes"] += journal["bytes"]
             summary["failed"] += journal["failed"]
             summary["pushing"] += len(self.remote.pusher.in_flight)
             if age is not None:
                 summary["oldest_age_s"] = max(age, summary["oldest_age_s"] or 0)
         return summary
+
+    def _journaled(self, ino: int) -> bool:
+        try:
+            return self.remote.state_of(self.inodes.path(ino)) in ("pending", "pushing", "failed")
+        except FsError:  # no name any more
+            return False
 
     def pending_paths(self) -> list[str]:
         """VM paths of the open files that still have something to push."""

@@ -221,9 +221,10 @@ class Journal:
         self.commit()
 
     def summary(self) -> dict:
-        files, size, oldest, failed = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created), COUNT(failed) FROM changes").fetchone()
-        return {"changes": files, "bytes": size, "oldest": oldest, "failed": failed}
+        changes, paths, size, oldest, failed = self._db.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT COALESCE(json_extract(args, '$.new'), json_extract(args, '$.path'))),"
+            " COALESCE(SUM(size), 0), MIN(created), COUNT(failed) FROM changes").fetchone()
+        return {"changes": changes, "paths": paths, "bytes": size, "oldest": oldest, "failed": failed}
 
     # == internals =============================================================================
     def _begin(self) -> None:

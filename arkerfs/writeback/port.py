@@ -107,7 +107,10 @@ class WriteBack:
             raise FsError(errno.ENOENT, "removed here (not yet pushed)")
         spooled = self.overlay.content.get(path)
         if spooled is not None:
-            return LocalContent(self.journal.spool / spooled.file if spooled.file else None, spooled.size)
+            try:
+                return LocalContent(self.journal.spool / spooled.file if spooled.file else None, spooled.size)
+            except FileNotFoundError:  # pushed meanwhile: the acknowledgement took its spool file
+                pass
         return await self.remote.open_read(self.overlay.origin.get(path, path))
 
     async def getxattr(self, path: bytes, name: bytes) -> bytes:
