@@ -227,6 +227,10 @@ class Pusher:
                 self.conflicted.discard(os.fsdecode(path))
             for path in paths:  # a link's record is of the one inode both names share
                 final[path] = value
+            if change.op == "link":  # and every earlier name of it shows the new link count
+                for path, attrs in final.items():
+                    if attrs is not None and attrs.remote_ino == value.remote_ino and not attrs.is_dir:
+                        final[path] = value
             if value.is_reg:
                 self._versions[paths[-1]] = B.Version.of(value)
 
