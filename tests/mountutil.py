@@ -176,6 +176,15 @@ def settle_write_back() -> None:
             settle(mount, runtime_dir)
 
 
+def fsync_dir(path: str) -> None:
+    """fsync of a directory: in write-back mode, returns once its entries are in the VM."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def is_write_back(args) -> bool:
     """Whether ``arkerfs mount`` with these arguments writes back (the default)."""
     return not {"--write-through", "--read-only"} & set(args)

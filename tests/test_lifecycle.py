@@ -13,18 +13,10 @@ from arkerfs.mount import runtime, status
 import pytest
 
 from tests.conftest import WRITE_MODES
-from tests.mountutil import Api, mounted
+from tests.mountutil import Api, fsync_dir, mounted
 from tests.test_faults_mount import private_server
 from tests.test_hang import HOLDER, NOISE, stopped
 from tests.test_mount_cli import arkerfs, assert_one_line_failure, env_for
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def wait_until(predicate, what: str, timeout: float = 30.0) -> None:

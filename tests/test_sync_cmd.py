@@ -16,7 +16,7 @@ import pytest
 
 from arkerfs import exitcodes
 from tests.conftest import WRITE_MODES
-from tests.mountutil import mounted
+from tests.mountutil import fsync_dir, mounted
 
 # Writes each line it reads to FILE (kept open, flushed into the daemon, never closed) and
 # answers "written"; closes FILE at EOF.
@@ -37,14 +37,6 @@ def sync(m, *args: str, runtime_dir: str | None = None) -> subprocess.CompletedP
     env.pop("ARKER_API_KEY", None)
     return subprocess.run([sys.executable, "-m", "arkerfs", "sync", *args], env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=120)
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Holder:
