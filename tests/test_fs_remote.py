@@ -372,30 +372,36 @@ async def test_setattr_never_follows_a_symlink(fs, vm, d):
 async def test_write_and_read_small_utf8_file(fs, vm, d, control):
     path = d + b"/notes.txt"
     control.reset_stats()
-    assert await fs.write_file(path, b"hello", 5) is None
-    assert used(control) == {"sync_write": 1}
+    done = await fs.write_file(path, b"hello", 5, mtime_ns=1_500_000_000_000_000_001)
+    assert used(control) == {"run": 1}  # a small content travels in the install run
+    assert done.conflict is None and done.attrs.size == 5 and done.attrs.mtime_ns == 1_500_000_000_000_000_001
+    assert stat.S_IMODE(done.attrs.mode) == 0o644
     assert await vm_read(vm, path) == b"hello"
     control.reset_stats()
     remote = await fs.open_read(path)
     assert used(control) == {"sync_read": 1}
     assert remote.inline and await remote.read_all() == b"hello"
     control.reset_stats()
-    attrs = await fs.write_file(path, b"#!/bin/sh\n", 10, mode=0o755)
-    assert used(control) == {"sync_write": 1, "run": 1}
+    attrs = (await fs.write_file(path, b"#!/bin/sh\n", 10, mode=0o755)).attrs
+    assert used(control) == {"run": 1}
     assert stat.S_IMODE(attrs.mode) == 0o755 and attrs.size == 10
     control.reset_stats()
-    attrs = await fs.write_file(path, b"", 0)
+    attrs = (await fs.write_file(path, b"", 0)).attrs
     assert used(control) == {"run": 1}
     assert attrs.size == 0 and stat.S_IMODE(attrs.mode) == 0o755  # mode kept
     assert await vm_read(vm, path) == b""
 
 
-async def test_write_from_local_file_and_presigned_read(fs, vm, d, tmp_path):
+async def test_write_from_local_file_and_presigned_read(fs, vm, d, tmp_path, control):
     data = random.Random(1).randbytes(300_000)  # above the server's 64 KiB inline read limit
     local = tmp_path / "big"
     local.write_bytes(data)
-    assert await fs.write_file(d + b"/big", str(local), len(data)) is None
+    control.reset_stats()
+    attrs = (await fs.write_file(d + b"/big", str(local), len(data))).attrs
+    assert used(control) == {"sync_write": 1, "run": 1}  # upload to a staging name + install run
+    assert attrs.size == len(data)
     assert await vm_read(vm, d + b"/big") == data
+    assert await vm_listdir(vm, HOME + b"/.arkerfs/staging") == set()
     remote = await fs.open_read(d + b"/big")
     assert not remote.inline and remote.size == len(data)
     assert await remote.read_range(1000, 10) == data[1000:1010]
@@ -449,8 +455,8 @@ async def test_non_utf8_name_end_to_end(fs, vm, d, control):
     assert [e.name for e in entries] == [name]
 
     control.reset_stats()
-    attrs = await fs.write_file(path, b"small", 5)  # staged: sync write + one run (mv)
-    assert used(control) == {"sync_write": 1, "run": 1}
+    attrs = (await fs.write_file(path, b"small", 5)).attrs  # one run: the bytes travel in it
+    assert used(control) == {"run": 1}
     assert attrs.size == 5 and stat.S_IMODE(attrs.mode) == 0o600  # mode kept
     assert await vm_read(vm, path) == b"small"
     control.reset_stats()
