@@ -410,6 +410,62 @@ async def test_write_from_local_file_and_presigned_read(fs, vm, d, tmp_path, con
     await raises(E.EFBIG, fs.write_file(d + b"/huge", b"", 100_000_001))
 
 
+async def test_a_content_is_installed_only_over_the_version_it_was_based_on(fs, vm, d, control):
+    path = d + b"/f"
+    q = shlex.quote(path.decode())
+    done = await fs.write_file(path, b"one", 3, mode=0o640)  # no base: whatever is there
+    done = await fs.write_file(path, b"two", 3, base=done.attrs)  # still that version
+    assert done.conflict is None and await vm_read(vm, path) == b"two"
+    assert stat.S_IMODE(done.attrs.mode) == 0o640  # the base's mode when none is given
+    await sh(vm, f"printf changed-in-the-vm >> {q}")
+    for content in (b"three", random.Random(3).randbytes(100_000)):  # in the run; uploaded
+        control.reset_stats()
+        lost = await fs.write_file(path, content, len(content), base=done.attrs)
+        assert used(control) == ({"run": 1} if len(content) < 1000 else {"run": 1, "sync_write": 1})
+        assert lost.attrs is None and lost.conflict.startswith(path + b".conflict-")
+        assert await vm_read(vm, path) == b"twochanged-in-the-vm"  # nothing overwritten
+        assert await vm_read(vm, lost.conflict) == content
+        (kept,) = await vm_lstat(vm, lost.conflict)
+        assert stat.S_IMODE(kept["mode"]) == 0o640
+        await sh(vm, f"rm -- {shlex.quote(lost.conflict.decode())}")
+    # the directory removed in the VM: the local version goes to the recovery directory
+    await sh(vm, f"mkdir {q}.dir && printf x > {q}.dir/g")
+    seen = await fs.lstat(path + b".dir/g")
+    await sh(vm, f"rm -r {q}.dir")
+    saved = await fs.write_file(path + b".dir/g", b"mine", 4, base=seen)
+    assert saved.conflict.startswith(HOME + b"/arkerfs-recovered/")
+    assert saved.conflict.endswith(path[len(HOME):] + b".dir/g")
+    assert await vm_read(vm, saved.conflict) == b"mine"
+    assert await vm_listdir(vm, HOME + b"/.arkerfs/staging") == set()
+
+
+async def test_an_in_place_write_keeps_hard_links_and_checks_the_version(fs, vm, d):
+    path, other = d + b"/f", d + b"/g"
+    attrs = (await fs.write_file(path, b"one", 3)).attrs
+    await fs.link(path, other)
+    done = await fs.write_file(path, b"two!", 4, base=attrs, in_place=True, mode=0o600)
+    assert done.conflict is None and done.attrs.nlink == 2 and done.attrs.remote_ino == attrs.remote_ino
+    assert await vm_read(vm, other) == b"two!"
+    assert stat.S_IMODE(done.attrs.mode) == 0o600
+    await sh(vm, f"printf vm > {shlex.quote(other.decode())}")
+    lost = await fs.write_file(path, b"three", 5, base=done.attrs, in_place=True)
+    assert lost.conflict is not None and await vm_read(vm, path) == b"vm"
+
+
+async def test_a_writable_file_in_a_read_only_directory_is_rewritten_in_place(fs, vm, d):
+    """As write(2) would: no new name is needed in the directory."""
+    ro, path = d + b"/ro", d + b"/ro/f"
+    await fs.mkdir(ro, 0o755)
+    attrs = (await fs.write_file(path, b"one", 3)).attrs
+    await fs.setattr(ro, mode=0o555)
+    try:
+        done = await fs.write_file(path, b"two", 3, base=attrs)
+        assert done.conflict is None and done.attrs.remote_ino == attrs.remote_ino
+        assert await vm_read(vm, path) == b"two"
+    finally:
+        await fs.setattr(ro, mode=0o755)
+
+
 # -- hostile names end to end -------------------------------------------------------------------
 
 HOSTILE = [

@@ -12,13 +12,16 @@ Rules for every method:
 How (see ``arkerfs.fs.shell`` for the script conventions): each metadata method sends one
 script fragment as one ``run`` on a small pool of dedicated sessions (never session 0) and
 parses its NUL-framed output; methods that create or change a node get its fresh attrs from
-the same run. Contents go through ``sync``, except for names ``sync`` cannot carry (non-UTF-8,
-or refused by the server), which are staged under ``/home/user/.arkerfs/staging``.
+the same run. Contents are read through ``sync`` (names it cannot carry, non-UTF-8 or refused
+by the server, through a run and ``/home/user/.arkerfs/staging``). A new content is installed by
+one run, the compare-and-swap ``batch.install`` that write-back batches use as well: the bytes
+travel in the script when small, else they are first uploaded to a staging name by ``sync``.
 
 A ``run`` is never replayed blindly. Read-only scripts are repeated once after an ambiguous
 failure (502/504 or ``outcome_unknown``); a mutating one is *reconciled*: one probe run looks
 at the remote state and decides whether the change happened (mkdir: the directory exists;
-unlink/rmdir: the name is gone; rename: source gone and target present; ...), else EIO.
+unlink/rmdir: the name is gone; rename: source gone and target present; ...), else EIO. An
+install carrying its bytes is sent again: it finds its own version there and does nothing.
 A probe cannot tell "my mkdir made it" from "it existed already", so after an ambiguous
 failure an existing directory counts as success rather than EEXIST.
 

@@ -603,31 +603,6 @@ def make_staging_dir() -> Fragment:
     return Fragment(f"_t mkdir -p -- {quote(STAGING)}; {stage_sweep(STAGING)}", _nothing)
 
 
-def commit_staged(staging: bytes, path: bytes, mode: int | None, *, in_place: bool = False) -> Fragment:
-    """Move an uploaded staging file over ``path`` (a rename: atomic), keeping the old file's
-    mode unless ``mode`` is given; the staging file is removed whatever happens.
-
-    ``in_place``: copy the bytes INTO the existing file instead (``cp`` rewrites an existing
-    target through its own inode), so every hard link of it sees them; not atomic."""
-    if in_place:
-        chmod = "" if mode is None else f'; _t chmod {mode & 0o7777:05o} -- "$p"'
-        return Fragment(
-            f"s={quote(staging)}; p={quote(path)}; trap 'rm -f -- \"$s\"' EXIT\n"
-            '[ -f "$s" ] || exit 5; [ -d "$p" ] && [ ! -L "$p" ] && exit 21; [ -L "$p" ] && exit 5\n'
-            f'_pd {quote(parent_of(path))}; _t cp -- "$s" "$p"{chmod}; _st "$p"',
-            _attrs,
-        )
-    chmod = (f'_t chmod {mode & 0o7777:05o} -- "$s"' if mode is not None
-             else '[ -f "$p" ] && [ ! -L "$p" ] && { _t chmod --reference="$p" -- "$s"; }')
-    return Fragment(
-        f"s={quote(staging)}; p={quote(path)}; trap 'rm -f -- \"$s\"' EXIT\n"
-        '[ -f "$s" ] || exit 5; [ -d "$p" ] && [ ! -L "$p" ] && exit 21\n'
-        f"_pd {quote(parent_of(path))}; {chmod}\n"
-        '_t mv -f -T -- "$s" "$p"; _st "$p"',
-        _attrs,
-    )
-
-
 def check_result(fragment: Fragment, outcome: Outcome) -> Any:
     """``fragment``'s parsed value, or FsError for its status (FramingError on bad records)."""
     if outcome.status != 0:

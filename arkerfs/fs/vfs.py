@@ -11,9 +11,11 @@ decides how many round trips each operation costs:
 - ``readdir``: one ``list_dir`` per opendir (re-taken on rewind), which fills the attribute
   cache so the entries' stats cost nothing afterwards.
 - reads: one sync read on first use of a version (``content``; a large one then costs a few
-  ranged GETs that grow while reading sequentially); writes: one upload at close, plus one
-  follow-up run when the mode must be re-applied or a chmod/utimens came while data was pending
-  (those are recorded on the open file, shown at once, and folded into that one run).
+  ranged GETs that grow while reading sequentially); writes: one install run at close, which
+  carries a small content itself (a large one is uploaded first) and applies the mode and any
+  chmod/utimens that came while data was pending (those are recorded on the open file and shown
+  at once). The install is a compare-and-swap on the version the buffer was based on: a change
+  made in the VM meanwhile stays, ours goes beside it (``_conflict``).
 - every namespace/metadata change: one call, applied to the caches immediately. A setattr that
   changes nothing we show (chmod to the shown mode, chown to the shown owner, truncate to the
   size of an unbuffered file, judged on the cached attrs) costs nothing.
