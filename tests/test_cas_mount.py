@@ -165,6 +165,7 @@ def test_the_mounts_own_changes_never_conflict(server, api, mode):
             os.write(fd, b"ONE")
             os.fsync(fd)
             time.sleep(1.5)
+            os.utime(fd, ns=(1_600_000_000_000_000_000, 1_500_000_000_000_000_005))  # nothing pending: at once
             os.ftruncate(fd, 8)
             os.utime(fd, ns=(1_600_000_000_000_000_000, 1_500_000_000_000_000_007))
         finally:
