@@ -202,18 +202,29 @@ def test_acted_then_failed_requests_are_reconciled_not_replayed(server, api, con
         control.set_faults(fail_rate=0.5, fail_status=504, after_effect=True, seed=once)
         os.rename(m.p("dir"), m.p("dir2"))
         control.clear_faults()
-        # an upload is replay-safe (same upload id): simply sent again
+        # an upload is replay-safe (same upload id): simply sent again; then its install run
         fd = os.open(m.p("c"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        os.write(fd, b"c" * 1000)
+        os.write(fd, b"c" * 100_000)
         control.reset_stats()
         control.set_faults(fail_rate=0.5, fail_status=504, after_effect=True, seed=once)
         os.close(fd)
         calls = control.calls()
         control.clear_faults()
-        assert calls["sync_write"] == 2, calls
+        assert (calls["sync_write"], calls["run"]) == (2, 1), calls
+        # an install carrying its bytes is repeatable (it finds its own version there): sent again
+        fd = os.open(m.p("e"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.write(fd, b"e" * 1000)
+        control.reset_stats()
+        control.set_faults(fail_rate=0.5, fail_status=504, after_effect=True, seed=once)
+        os.close(fd)
+        calls = control.calls()
+        control.clear_faults()
+        assert calls["run"] == 2 and "sending the install again" in m.log(), calls
     assert api.read_file(m.vm_id, "/home/user/b") == b"payload"
-    assert api.read_file(m.vm_id, "/home/user/c") == b"c" * 1000
-    assert api.sh(m.vm_id, "cd /home/user && ls -d a b c dir dir2 2>/dev/null; true").split() == ["b", "c", "dir2"]
+    assert api.read_file(m.vm_id, "/home/user/c") == b"c" * 100_000
+    assert api.read_file(m.vm_id, "/home/user/e") == b"e" * 1000
+    listed = api.sh(m.vm_id, "cd /home/user && ls -d a b c dir dir2 e e.conflict-* 2>/dev/null; true").split()
+    assert listed == ["b", "c", "dir2", "e"]
 
 
 @pytest.mark.parametrize("mode", list(WRITE_MODES))

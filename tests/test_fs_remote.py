@@ -372,36 +372,98 @@ async def test_setattr_never_follows_a_symlink(fs, vm, d):
 async def test_write_and_read_small_utf8_file(fs, vm, d, control):
     path = d + b"/notes.txt"
     control.reset_stats()
-    assert await fs.write_file(path, b"hello", 5) is None
-    assert used(control) == {"sync_write": 1}
+    done = await fs.write_file(path, b"hello", 5, mtime_ns=1_500_000_000_000_000_001)
+    assert used(control) == {"run": 1}  # a small content travels in the install run
+    assert done.conflict is None and done.attrs.size == 5 and done.attrs.mtime_ns == 1_500_000_000_000_000_001
+    assert stat.S_IMODE(done.attrs.mode) == 0o644
     assert await vm_read(vm, path) == b"hello"
     control.reset_stats()
     remote = await fs.open_read(path)
     assert used(control) == {"sync_read": 1}
     assert remote.inline and await remote.read_all() == b"hello"
     control.reset_stats()
-    attrs = await fs.write_file(path, b"#!/bin/sh\n", 10, mode=0o755)
-    assert used(control) == {"sync_write": 1, "run": 1}
+    attrs = (await fs.write_file(path, b"#!/bin/sh\n", 10, mode=0o755)).attrs
+    assert used(control) == {"run": 1}
     assert stat.S_IMODE(attrs.mode) == 0o755 and attrs.size == 10
     control.reset_stats()
-    attrs = await fs.write_file(path, b"", 0)
+    attrs = (await fs.write_file(path, b"", 0)).attrs
     assert used(control) == {"run": 1}
     assert attrs.size == 0 and stat.S_IMODE(attrs.mode) == 0o755  # mode kept
     assert await vm_read(vm, path) == b""
 
 
-async def test_write_from_local_file_and_presigned_read(fs, vm, d, tmp_path):
+async def test_write_from_local_file_and_presigned_read(fs, vm, d, tmp_path, control):
     data = random.Random(1).randbytes(300_000)  # above the server's 64 KiB inline read limit
     local = tmp_path / "big"
     local.write_bytes(data)
-    assert await fs.write_file(d + b"/big", str(local), len(data)) is None
+    control.reset_stats()
+    attrs = (await fs.write_file(d + b"/big", str(local), len(data))).attrs
+    assert used(control) == {"sync_write": 1, "run": 1}  # upload to a staging name + install run
+    assert attrs.size == len(data)
     assert await vm_read(vm, d + b"/big") == data
+    assert await vm_listdir(vm, HOME + b"/.arkerfs/staging") == set()
     remote = await fs.open_read(d + b"/big")
     assert not remote.inline and remote.size == len(data)
     assert await remote.read_range(1000, 10) == data[1000:1010]
     await raises(E.ENOENT, fs.open_read(d + b"/nope"))
     await raises(E.EISDIR, fs.open_read(d))
     await raises(E.EFBIG, fs.write_file(d + b"/huge", b"", 100_000_001))
+
+
+async def test_a_content_is_installed_only_over_the_version_it_was_based_on(fs, vm, d, control):
+    path = d + b"/f"
+    q = shlex.quote(path.decode())
+    done = await fs.write_file(path, b"one", 3, mode=0o640)  # no base: whatever is there
+    done = await fs.write_file(path, b"two", 3, base=done.attrs)  # still that version
+    assert done.conflict is None and await vm_read(vm, path) == b"two"
+    assert stat.S_IMODE(done.attrs.mode) == 0o640  # the base's mode when none is given
+    await sh(vm, f"printf changed-in-the-vm >> {q}")
+    for content in (b"three", random.Random(3).randbytes(100_000)):  # in the run; uploaded
+        control.reset_stats()
+        lost = await fs.write_file(path, content, len(content), base=done.attrs)
+        assert used(control) == ({"run": 1} if len(content) < 1000 else {"run": 1, "sync_write": 1})
+        assert lost.attrs is None and lost.conflict.startswith(path + b".conflict-")
+        assert await vm_read(vm, path) == b"twochanged-in-the-vm"  # nothing overwritten
+        assert await vm_read(vm, lost.conflict) == content
+        (kept,) = await vm_lstat(vm, lost.conflict)
+        assert stat.S_IMODE(kept["mode"]) == 0o640
+        await sh(vm, f"rm -- {shlex.quote(lost.conflict.decode())}")
+    # the directory removed in the VM: the local version goes to the recovery directory
+    await sh(vm, f"mkdir {q}.dir && printf x > {q}.dir/g")
+    seen = await fs.lstat(path + b".dir/g")
+    await sh(vm, f"rm -r {q}.dir")
+    saved = await fs.write_file(path + b".dir/g", b"mine", 4, base=seen)
+    assert saved.conflict.startswith(HOME + b"/arkerfs-recovered/")
+    assert saved.conflict.endswith(path[len(HOME):] + b".dir/g")
+    assert await vm_read(vm, saved.conflict) == b"mine"
+    assert await vm_listdir(vm, HOME + b"/.arkerfs/staging") == set()
+
+
+async def test_an_in_place_write_keeps_hard_links_and_checks_the_version(fs, vm, d):
+    path, other = d + b"/f", d + b"/g"
+    attrs = (await fs.write_file(path, b"one", 3)).attrs
+    await fs.link(path, other)
+    done = await fs.write_file(path, b"two!", 4, base=attrs, in_place=True, mode=0o600)
+    assert done.conflict is None and done.attrs.nlink == 2 and done.attrs.remote_ino == attrs.remote_ino
+    assert await vm_read(vm, other) == b"two!"
+    assert stat.S_IMODE(done.attrs.mode) == 0o600
+    await sh(vm, f"printf vm > {shlex.quote(other.decode())}")
+    lost = await fs.write_file(path, b"three", 5, base=done.attrs, in_place=True)
+    assert lost.conflict is not None and await vm_read(vm, path) == b"vm"
+
+
+async def test_a_writable_file_in_a_read_only_directory_is_rewritten_in_place(fs, vm, d):
+    """As write(2) would: no new name is needed in the directory."""
+    ro, path = d + b"/ro", d + b"/ro/f"
+    await fs.mkdir(ro, 0o755)
+    attrs = (await fs.write_file(path, b"one", 3)).attrs
+    await fs.setattr(ro, mode=0o555)
+    try:
+        done = await fs.write_file(path, b"two", 3, base=attrs)
+        assert done.conflict is None and done.attrs.remote_ino == attrs.remote_ino
+        assert await vm_read(vm, path) == b"two"
+    finally:
+        await fs.setattr(ro, mode=0o755)
 
 
 # -- hostile names end to end -------------------------------------------------------------------
@@ -449,8 +511,8 @@ async def test_non_utf8_name_end_to_end(fs, vm, d, control):
     assert [e.name for e in entries] == [name]
 
     control.reset_stats()
-    attrs = await fs.write_file(path, b"small", 5)  # staged: sync write + one run (mv)
-    assert used(control) == {"sync_write": 1, "run": 1}
+    attrs = (await fs.write_file(path, b"small", 5)).attrs  # one run: the bytes travel in it
+    assert used(control) == {"run": 1}
     assert attrs.size == 5 and stat.S_IMODE(attrs.mode) == 0o600  # mode kept
     assert await vm_read(vm, path) == b"small"
     control.reset_stats()

@@ -75,8 +75,8 @@ async def test_a_run_past_its_timeout_is_killed_and_the_session_works_again(tmp_
 
 async def test_runs_and_files_are_counted_and_the_home_is_the_temp_dir(tmp_path):
     async with LocalVM(str(tmp_path / "fake")) as fake:
-        remote = RemoteFS(fake)
+        remote = RemoteFS(fake, inline_write_max=0)  # every content through a sync write
         await remote.mkdir(b"/home/user/d", 0o755)
         await remote.write_file(b"/home/user/d/f", b"data", 4)
         assert (tmp_path / "fake" / "home" / "d" / "f").read_bytes() == b"data"
-        assert dict(fake.calls) == {"run": 1, "sync_write": 1}
+        assert dict(fake.calls) == {"run": 2, "sync_write": 1}  # mkdir, upload, install

@@ -62,13 +62,14 @@ def batch_script(fragments: Sequence[S.Fragment]) -> str:
     return S.script(fragments, stop_at_failure=True)
 
 
-def install(staged: bytes, path: bytes, *, mode: int, mtime_ns: int, atime_ns: int | None = None,
+def install(staged: bytes, path: bytes, *, mode: int | None, mtime_ns: int, atime_ns: int | None = None,
             base: Version | None, stamp: str, recovery: bytes = RECOVERY,
             home: bytes = S.HOME_B, check: bool = True, size: int | None = None,
             later: Sequence[tuple[int, int]] = (), earlier: Sequence[tuple[int, int]] = (),
-            empty: bool = False, content: bytes | None = None) -> S.Fragment:
-    """Move the uploaded ``staged`` file to ``path`` with ``mode`` and exact times, if ``path``
-    is still ``base`` (None: still absent). ``stamp`` (e.g. a UTC time) names conflict copies.
+            empty: bool = False, content: bytes | None = None, in_place: bool = False) -> S.Fragment:
+    """Move the uploaded ``staged`` file to ``path`` with ``mode`` (None: ``path``'s own) and
+    exact times, if ``path`` is still ``base`` (None: still absent). ``stamp`` (e.g. a UTC
+    time) names conflict copies.
 
     ``check=False`` installs whatever is there (the previous version is the mount's own, pushed
     earlier in the same batch). ``size`` makes a repeat harmless: when the target already is
@@ -77,11 +78,13 @@ def install(staged: bytes, path: bytes, *, mode: int, mtime_ns: int, atime_ns: i
     is one of the ``later`` versions (size, mtime_ns) the same batch installs there after this
     one. ``earlier``: (size, mtime_ns) of the mount's own earlier versions this install takes
     the place of (coalesced into it): a batch sent again may find one of them installed already,
-    and replaces it like ``base``. ``content``: the (small) bytes travel in the script, no upload needed. ``empty``: the staged
-    file is created by the run itself (nothing to upload for an empty file)."""
+    and replaces it like ``base``. ``content``: the (small) bytes travel in the script, no upload
+    needed. ``empty``: the staged file is created by the run itself (nothing to upload for an
+    empty file). ``in_place``: the bytes are copied into the target's own inode, so its hard
+    links see them (not atomic)."""
     if not path.startswith(home + b"/"):
         raise ValueError("install targets live under the home")
-    perm = stat.S_IMODE(mode)
+    perm = "-" if mode is None else f"{stat.S_IMODE(mode):05o}"
     atime = S.touch_time(mtime_ns if atime_ns is None else atime_ns)
     def size_mtime(z: int, t: int) -> str:
         return Version(0, z, t).printed().split(":", 1)[1]
@@ -89,10 +92,10 @@ def install(staged: bytes, path: bytes, *, mode: int, mtime_ns: int, atime_ns: i
     expect = " ".join(["none" if base is None else base.printed(), *(f"*:{size_mtime(z, t)}" for z, t in earlier)])
     mine = " ".join(size_mtime(z, t) for z, t in ([] if size is None else [(size, mtime_ns), *later]))
     # the prelude's _inst does the steps (one copy per script: a batch of hundreds stays small)
-    args = [S.quote(staged), S.quote(path), f"{perm:05o}", atime, S.touch_time(mtime_ns),
+    args = [S.quote(staged), S.quote(path), perm, atime, S.touch_time(mtime_ns),
             S.quote(expect.encode()) if check else "-", S.quote(mine.encode()) if mine else "-",
             "1" if empty else "b:" + S.b64(content) if content else "-",
-            S.quote(stamp.encode()), S.quote(recovery), S.quote(home)]
+            S.quote(stamp.encode()), S.quote(recovery), S.quote(home), *(["1"] if in_place else [])]
     body = "_inst " + " ".join(args)
     return S.Fragment(body, _installed)
 

@@ -6,7 +6,9 @@ read the buffer, so they see unflushed writes like on a local disk; other reader
 ``FileContent`` version pinned at their first read.
 
 Writes only touch the buffer. ``push`` uploads the whole buffer as ONE ``write_file`` when it is
-dirty (flush on every close(), fsync, unmount). A chmod or utimens that arrives while data is
+dirty (flush on every close(), fsync, unmount), naming the VM's version it was based on
+(``base``): if the VM changed the file since, its version stays and ours goes beside it as a
+conflict copy (see ``RemoteFS.write_file``). A chmod or utimens that arrives while data is
 pending (tar's ``futimens``+``fchmod`` before close) is recorded on the ``OpenFile``
 (``pending_mode``/``pending_times``), shown at once through ``overlay``, and applied by the
 upload's single follow-up run. A write or truncate past the size cap (EFBIG) refuses the
@@ -45,6 +47,9 @@ class OpenFile:
     lock: trio.Lock = field(default_factory=trio.Lock)
     buffer: WriteBuffer | None = None
     needs_load: bool = False  # buffer must first receive the remote's current bytes
+    # the VM's version the buffer's content was based on (loaded, opened or created by the
+    # mount, or last pushed): a push installs only over that version (compare-and-swap)
+    base: Attrs | None = None
     handles: int = 0
     # (atime_ns, mtime_ns) set while data was pending (tar's futimens before close): the upload
     # would stamp "now", so they are applied right after it.

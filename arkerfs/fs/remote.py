@@ -12,13 +12,16 @@ Rules for every method:
 How (see ``arkerfs.fs.shell`` for the script conventions): each metadata method sends one
 script fragment as one ``run`` on a small pool of dedicated sessions (never session 0) and
 parses its NUL-framed output; methods that create or change a node get its fresh attrs from
-the same run. Contents go through ``sync``, except for names ``sync`` cannot carry (non-UTF-8,
-or refused by the server), which are staged under ``/home/user/.arkerfs/staging``.
+the same run. Contents are read through ``sync`` (names it cannot carry, non-UTF-8 or refused
+by the server, through a run and ``/home/user/.arkerfs/staging``). A new content is installed by
+one run, the compare-and-swap ``batch.install`` that write-back batches use as well: the bytes
+travel in the script when small, else they are first uploaded to a staging name by ``sync``.
 
 A ``run`` is never replayed blindly. Read-only scripts are repeated once after an ambiguous
 failure (502/504 or ``outcome_unknown``); a mutating one is *reconciled*: one probe run looks
 at the remote state and decides whether the change happened (mkdir: the directory exists;
-unlink/rmdir: the name is gone; rename: source gone and target present; ...), else EIO.
+unlink/rmdir: the name is gone; rename: source gone and target present; ...), else EIO. An
+install carrying its bytes is sent again: it finds its own version there and does nothing.
 A probe cannot tell "my mkdir made it" from "it existed already", so after an ambiguous
 failure an existing directory counts as success rather than EEXIST.
 
@@ -40,6 +43,7 @@ import errno as E
 import logging
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -50,6 +54,7 @@ import trio
 
 from arkerfs.client import ArkerError, RemoteFile
 from arkerfs.client.retry import Retry, RetryPolicy, retrying
+from arkerfs.fs import batch as B
 from arkerfs.fs import shell as S
 from arkerfs.fs.errors import FsError, errno_for_api_error
 from arkerfs.fs.model import Attrs, Entry, StatFs
@@ -59,6 +64,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SESSIONS = 4
 INLINE_READ_MAX = 1024 * 1024  # run-based reads of unsyncable names return up to this inline
+# A new content up to this size travels base64 in its install run (one call in all); the
+# script stays well under the 128 KiB a single command line may hold.
+INLINE_WRITE_MAX = 48 * 1024
 PATH_MAX = 4096
 NAME_MAX = 255
 XATTR_NAME_MAX = 255
@@ -225,7 +233,7 @@ class SessionPool:
 class RemoteFS:
     def __init__(self, vm, *, session_id: int = 7, run_timeout: float = 60.0,
                  sessions: int = DEFAULT_SESSIONS, inline_read_max: int = INLINE_READ_MAX,
-                 outage_timeout: float | None = None) -> None:
+                 inline_write_max: int = INLINE_WRITE_MAX, outage_timeout: float | None = None) -> None:
         """``vm`` is an ``arkerfs.client.VM``. Runs use the dedicated sessions ``session_id``,
         ``session_id + 1``, ... (``sessions`` of them), never 0. ``outage_timeout``: abandon a
         request (EIO) when the API answers nothing for that long (None: never)."""
@@ -234,6 +242,7 @@ class RemoteFS:
         self._vm = vm
         self._run_timeout = run_timeout
         self._inline_read_max = inline_read_max
+        self._inline_write_max = inline_write_max
         self.pool = SessionPool([session_id + i for i in range(sessions)])
         self.live = Liveness(lambda: vm.sync.open_read(PROBE_PATH), outage_timeout)
 
@@ -583,59 +592,67 @@ class RemoteFS:
 
     async def write_file(self, path: bytes, source, size: int, *, mode: int | None = None,
                          in_place: bool = False, base: Attrs | None = None,
-                         mtime_ns: int | None = None) -> Attrs | None:
-        """Replace the whole file with ``size`` bytes from ``source`` (bytes or a local file path).
-        size 0 goes through a run. Returns fresh attrs when known without another call, else None.
-        On failure the remote keeps its old content (uploads land atomically).
+                         mtime_ns: int | None = None, atime_ns: int | None = None) -> B.Installed:
+        """Replace the whole file with ``size`` bytes from ``source`` (bytes or a local file
+        path), as a compare-and-swap (``batch.install``, the prelude's ``_inst``): installed only
+        if the VM's file is still ``base``, the version the change was made on (None: install
+        whatever is there). Otherwise nothing is overwritten: the new content goes beside it as
+        ``NAME.conflict-<UTC stamp>`` (or under ``batch.RECOVERY`` when the directory is gone)
+        and ``Installed.conflict`` says where; the caller reports it.
 
-        ``in_place`` (for a file with hard links): a sync write would replace the inode and split
-        the links, so the bytes are staged and copied into the existing inode (sync write + one
-        run, not atomic).
+        The one run sets everything: ``mode`` (None: ``base``'s, else the file's own, 0644 for
+        a new one), ``mtime_ns`` (None:
+        now) and ``atime_ns`` (None: the mtime), and returns the fresh attrs. A new file lands
+        atomically (staged, then renamed), so on failure the remote keeps its old content.
+        ``in_place`` (a file with hard links): the bytes are copied into the existing inode so
+        every link sees them (not atomic).
 
-        Costs: size 0 -> one run (returns attrs); otherwise one sync write, plus one run
-        (chmod + stat, returns attrs) when ``mode`` is given, since sync writes carry no mode.
-        Names sync cannot carry: sync write to a staging file + one run (mv, chmod, stat).
-
-        ``base`` (the version the change was made on) and ``mtime_ns`` are what the write-back
-        port records; applied at once, the upload's own time stands."""
+        Costs: up to ``inline_write_max`` bytes, ONE run (the content travels in the script);
+        larger, one sync write to a staging name plus that run."""
         self._check(path, creating=True)
         if size > CLIENT_MAX_FILE_BYTES:
             raise FsError(E.EFBIG)
-        if size == 0:
-            return await self._create_empty(path, mode, exclusive=False)
         data = Path(source) if isinstance(source, str) else source
         if isinstance(data, (bytearray, memoryview)):
             data = bytes(data)
-        sync_path = None if in_place else self._sync_path(path)
-        if sync_path is not None:
-            try:
-                await self.live.watch(lambda: self._vm.sync.write_file(sync_path, data))
-            except ArkerError as exc:
-                if exc.code != "bad_request":
-                    raise FsError(errno_for_api_error(exc), str(exc)) from exc
-                log.info("sync write of %r refused (%s); staging it", path, exc)
-            else:
-                return None if mode is None else await self.setattr(path, mode=mode)
-        return await self._write_staged(path, data, size, mode, in_place)
-
-    async def _write_staged(self, path: bytes, data, size: int, mode: int | None,
-                            in_place: bool = False) -> Attrs:
+        content = None
+        if 0 < size <= self._inline_write_max:
+            content = data.read_bytes() if isinstance(data, Path) else data
+        mtime = time.time_ns() if mtime_ns is None else mtime_ns
+        perm = mode if mode is not None or base is None else stat.S_IMODE(base.mode)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         staging = S.STAGING + b"/" + new_ulid().encode()
+        if size and content is None:
+            await self._upload_staged(staging, data)
+        fragment = B.install(staging, path, mode=perm, mtime_ns=mtime, atime_ns=atime_ns,
+                             base=None if base is None else B.Version.of(base), check=base is not None,
+                             stamp=stamp, size=size, empty=size == 0, content=content, in_place=in_place)
+
+        async def reconcile() -> B.Installed:
+            if size == 0 or content is not None:
+                # the script carries everything and finds its own earlier install done: send it again
+                log.info("write of %r: sending the install again (repeatable)", path)
+                return await self._call(fragment)
+            found, kept = await self._probe(path, B.conflict_name(path, stamp))
+            if isinstance(found, Attrs) and (found.size, found.mtime_ns) == (size, mtime):
+                return self._settled(True, "install", B.Installed(found, None))
+            if isinstance(kept, Attrs) and kept.size == size:
+                return self._settled(True, "install", B.Installed(None, B.conflict_name(path, stamp)))
+            return self._settled(False, "install")
+
+        return await self._call(fragment, reconcile=reconcile)
+
+    async def _upload_staged(self, staging: bytes, data) -> None:
+        """One sync write of ``data`` to the staging name (creating the staging directory when
+        the server does not make parents)."""
         for first in (True, False):
             try:
                 await self.live.watch(lambda: self._vm.sync.write_file(staging.decode(), data))
-                break
+                return
             except ArkerError as exc:
                 if not (first and exc.code == "not_found"):
                     raise FsError(errno_for_api_error(exc), str(exc)) from exc
-            await self._call(S.make_staging_dir())  # a server that does not create parents
-
-        async def reconcile() -> Attrs:
-            staged, found = await self._probe(staging, path)
-            ok = staged == E.ENOENT and isinstance(found, Attrs) and found.is_reg and found.size == size
-            return self._settled(ok, "staged write", found)
-
-        return await self._call(S.commit_staged(staging, path, mode, in_place=in_place), reconcile=reconcile)
+            await self._call(S.make_staging_dir())
 
     # -- extended attributes --------------------------------------------------------------
     # Only the user.* namespace reaches the VM. Other namespaces are answered locally without

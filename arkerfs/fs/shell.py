@@ -158,14 +158,20 @@ PRELUDE = "\n".join([
     '_t() { local m; m=$("$@" 2>&1 >/dev/null) && return 0; printf "%s\\n" "$m" >&2; case $m in '
     + " ".join(f'*": {text}") exit {code};;' for text, code in _STRERROR_EXIT)
     + " esac; exit 5; }",
-    # _inst S P MODE ATIME MTIME EXPECT MINE NEW STAMP RECOVERY HOME: install staged S at P; NEW
-    # is 1 for an empty file, b:<base64> for a small content carried in the script itself
-    # (fs.batch.install); the conflict copy's name is P's, cut to keep 255 bytes (LC_ALL=C: bytes)
-    '_inst() { local s=$1 p=$2 now= x=".conflict-$9" n=${2##*/}; local c="${p%/*}/${n:0:$((255-${#x}))}$x" r="${10}/$9${p#"${11}"}"'
+    # _sm F MODE ATIME MTIME: F's permission bits and exact times (never following a symlink).
+    '_sm() { _t chmod "$2" -- "$1"; _t touch -h -c -a -d "$3" -- "$1"; _t touch -h -c -m -d "$4" -- "$1"; }',
+    # _inst S P MODE ATIME MTIME EXPECT MINE NEW STAMP RECOVERY HOME [INPLACE]: install staged S
+    # at P (fs.batch.install, the compare-and-swap of both write modes); NEW is 1 for an empty
+    # file, b:<base64> for a small content carried in the script itself; the conflict copy's
+    # name is P's, cut to keep 255 bytes (LC_ALL=C: bytes). MODE - keeps P's (0644 for a new
+    # file), as a sync write does. INPLACE 1 (a file with hard links),
+    # or a directory we may not add names to, copies the bytes into P's own inode (not atomic).
+    '_inst() { local s=$1 p=$2 m=$3 now= x=".conflict-$9" n=${2##*/}; local c="${p%/*}/${n:0:$((255-${#x}))}$x" r="${10}/$9${p#"${11}"}"'
+    '; [ "$m" = - ] && { m=644; [ -f "$p" ] && [ ! -L "$p" ] && m=$(stat -c %a -- "$p"); }'
     '; case $8 in 1) _t mkdir -p -- "${s%/*}"; : > "$s" || exit 5;;'
     ' b:*) _t mkdir -p -- "${s%/*}"; printf %s "${8#b:}" | base64 -d > "$s" || exit 5;; esac'
     '; [ -f "$s" ] || exit 5'
-    '; _t chmod "$3" -- "$s"; _t touch -h -c -a -d "$4" -- "$s"; _t touch -h -c -m -d "$5" -- "$s"'
+    '; _sm "$s" "$m" "$4" "$5"'
     # the target's directory is gone: keep the local version under the recovery directory
     '; if [ ! -d "${p%/*}" ]; then _t mkdir -p -- "${r%/*}"; _t mv -f -T -- "$s" "$r"; printf "C\\0%s\\0" "$r"; exit 0; fi'
     # what is there now, as Version.printed prints it ("" when absent)
@@ -175,7 +181,8 @@ PRELUDE = "\n".join([
     # EXPECT: the versions the mount may replace (case patterns; "none": absent), "-" for any
     '; if [ "$6" != - ]; then local ok=; set -f; for v in $6; do case ${now:-none} in $v) ok=1;; esac; done'
     '; [ -n "$ok" ] || { _t mv -f -T -- "$s" "$c"; printf "C\\0%s\\0" "$c"; exit 0; }; fi'
-    '; _t mv -f -T -- "$s" "$p"; _st "$p"; }',
+    '; if [ "${12}" = 1 ] || { [ -f "$p" ] && [ ! -L "$p" ] && [ ! -w "${p%/*}" ]; }; then _t cp -- "$s" "$p"; rm -f -- "$s"; _sm "$p" "$m" "$4" "$5"'
+    '; else _t mv -f -T -- "$s" "$p"; fi; _st "$p"; }',
     # _rnf O N NOREPLACE: rename(2) of a non-directory, as ``rename`` checks it; done already
     # (O gone, N there: a batch sent again) succeeds
     '_rnf() { local o=$1 n=$2; _x "$o" || { _x "$n" && exit 0; _ne "$o"; }; _pd "${o%/*}"; _pd "${n%/*}"'
@@ -596,31 +603,6 @@ def remove_staged(staging: bytes) -> Fragment:
 
 def make_staging_dir() -> Fragment:
     return Fragment(f"_t mkdir -p -- {quote(STAGING)}; {stage_sweep(STAGING)}", _nothing)
-
-
-def commit_staged(staging: bytes, path: bytes, mode: int | None, *, in_place: bool = False) -> Fragment:
-    """Move an uploaded staging file over ``path`` (a rename: atomic), keeping the old file's
-    mode unless ``mode`` is given; the staging file is removed whatever happens.
-
-    ``in_place``: copy the bytes INTO the existing file instead (``cp`` rewrites an existing
-    target through its own inode), so every hard link of it sees them; not atomic."""
-    if in_place:
-        chmod = "" if mode is None else f'; _t chmod {mode & 0o7777:05o} -- "$p"'
-        return Fragment(
-            f"s={quote(staging)}; p={quote(path)}; trap 'rm -f -- \"$s\"' EXIT\n"
-            '[ -f "$s" ] || exit 5; [ -d "$p" ] && [ ! -L "$p" ] && exit 21; [ -L "$p" ] && exit 5\n'
-            f'_pd {quote(parent_of(path))}; _t cp -- "$s" "$p"{chmod}; _st "$p"',
-            _attrs,
-        )
-    chmod = (f'_t chmod {mode & 0o7777:05o} -- "$s"' if mode is not None
-             else '[ -f "$p" ] && [ ! -L "$p" ] && { _t chmod --reference="$p" -- "$s"; }')
-    return Fragment(
-        f"s={quote(staging)}; p={quote(path)}; trap 'rm -f -- \"$s\"' EXIT\n"
-        '[ -f "$s" ] || exit 5; [ -d "$p" ] && [ ! -L "$p" ] && exit 21\n'
-        f"_pd {quote(parent_of(path))}; {chmod}\n"
-        '_t mv -f -T -- "$s" "$p"; _st "$p"',
-        _attrs,
-    )
 
 
 def check_result(fragment: Fragment, outcome: Outcome) -> Any:

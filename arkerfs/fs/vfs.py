@@ -11,9 +11,11 @@ decides how many round trips each operation costs:
 - ``readdir``: one ``list_dir`` per opendir (re-taken on rewind), which fills the attribute
   cache so the entries' stats cost nothing afterwards.
 - reads: one sync read on first use of a version (``content``; a large one then costs a few
-  ranged GETs that grow while reading sequentially); writes: one upload at close, plus one
-  follow-up run when the mode must be re-applied or a chmod/utimens came while data was pending
-  (those are recorded on the open file, shown at once, and folded into that one run).
+  ranged GETs that grow while reading sequentially); writes: one install run at close, which
+  carries a small content itself (a large one is uploaded first) and applies the mode and any
+  chmod/utimens that came while data was pending (those are recorded on the open file and shown
+  at once). The install is a compare-and-swap on the version the buffer was based on: a change
+  made in the VM meanwhile stays, ours goes beside it (``_conflict``).
 - every namespace/metadata change: one call, applied to the caches immediately. A setattr that
   changes nothing we show (chmod to the shown mode, chown to the shown owner, truncate to the
   size of an unbuffered file, judged on the cached attrs) costs nothing.
@@ -42,6 +44,7 @@ import time
 from dataclasses import dataclass, replace
 
 from arkerfs.fs import files
+from arkerfs.fs.batch import Installed
 from arkerfs.fs.buffers import WriteBuffer
 from arkerfs.fs.cache import MetaCache, SingleFlight, name_of, parent_of
 from arkerfs.fs.content import ContentCache, RangedContent, WholeContent
@@ -76,6 +79,16 @@ class Options:
     transform_symlinks: bool = False
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """A push that met a change made in the VM: the VM's version stayed at ``path``, the
+    mount's went to ``kept`` (``NAME.conflict-<stamp>``, or the recovery directory)."""
+
+    path: str
+    kept: str
+    when: float
+
+
 @dataclass(eq=False)
 class DirHandle:
     ino: int
@@ -103,6 +116,8 @@ class VFS:
         self._fh = itertools.count(1)
         self._timer = timer
         self.meta_hits = self.meta_misses = 0  # attribute lookups answered by / past the cache
+        self.conflicts: list[Conflict] = []  # pushes of open files that met a change in the VM
+        self.conflicted: set[str] = set()  # VM paths whose last push was a conflict
         # write-back: the port (``writeback.port.WriteBack``) asks the caches before the VM and
         # tells them what its pushes left in the VM
         self.write_back = getattr(remote, "pusher", None) is not None
@@ -156,6 +171,9 @@ class VFS:
         path = self.inodes.path(ino)
         attrs = await self.remote.setattr(path, mode=None if mode is None else stat.S_IMODE(mode), uid=uid,
                                           gid=gid, size=size, atime_ns=atime_ns, mtime_ns=mtime_ns)
+        if file is not None and file.base is not None and (attrs.remote_ino, attrs.size) == (
+                file.base.remote_ino, file.base.size):
+            file.base = attrs  # our own utimens moved the version the buffer is based on
         self._cache_all_names(ino, path, attrs)
         if size is not None:
             self.content.forget(path)
@@ -340,6 +358,7 @@ class VFS:
         if file.buffer is None:
             file.buffer = WriteBuffer(self.spool_dir)  # empty and clean: close uploads nothing
             file.needs_load = False
+            file.base = attrs  # what we created: a file the VM made meanwhile is a conflict
         fh = self._new_handle(ino, file, flags)
         return fh, ino, self._present(ino, attrs)
 
@@ -361,6 +380,7 @@ class VFS:
         if writable and file.buffer is None:
             file.buffer = WriteBuffer(self.spool_dir)
             file.needs_load = attrs.size > 0 and not node.unlinked
+            file.base = attrs  # replaced at the load by the version whose bytes it takes
         fh = self._new_handle(ino, file, flags)
         if flags & os.O_TRUNC and file.buffer is not None:
             async with file.lock:
@@ -508,8 +528,9 @@ class VFS:
     # == sync state ============================================================================
     def sync_state(self, ino: int) -> str:
         """What is pending for ``ino``: clean, pending (changed here, not yet in the VM),
-        pushing (an upload in flight) or failed (the last upload failed; the data is kept and
-        retried). Answered from memory: no call."""
+        pushing (an upload in flight), failed (the last upload failed; the data is kept and
+        retried) or conflict (its last push met a change made in the VM: both versions were
+        kept). Answered from memory: no call."""
         file = self._files.get(ino)
         if file is not None and file.sync_state != "clean":
             return file.sync_state
@@ -520,6 +541,12 @@ class VFS:
                 state = None
             if state is not None:
                 return state
+        if self.conflicted and ino in self.inodes:
+            try:
+                if os.fsdecode(self.inodes.path(ino)) in self.conflicted:
+                    return "conflict"
+            except FsError:  # a directory above it is gone
+                pass
         return "clean"
 
     def pending_summary(self) -> dict:
@@ -765,6 +792,7 @@ class VFS:
         path = self.inodes.path(handle.ino)
         content = await self.content.get((path, attrs.size, attrs.mtime_ns))
         await files.load(file, content)
+        file.base = attrs
 
     async def _keep_open_versions(self, ino: int | None) -> None:
         """``ino`` is about to lose a name (unlink, or a rename over it). If it is its last name,
@@ -826,9 +854,12 @@ class VFS:
             file.dirty_since = None
 
     async def _push_now(self, ino: int, file: OpenFile) -> None:
-        """Upload the buffer if dirty: ONE write_file, plus ONE follow-up run that applies together
-        the mode re-apply and whatever chmod/utimens was recorded while data was pending. Raises
-        the remote's FsError; what was not done stays pending for a retry."""
+        """Upload the buffer if dirty, as a compare-and-swap on the VM's version it was based on
+        (``file.base``; see ``RemoteFS.write_file``). Write-through: ONE install run (plus the
+        upload of a large content) that also applies the mode and whatever chmod/utimens was
+        recorded while data was pending. Write-back: the port records it, and a recorded
+        chmod/utimens follows. Raises the remote's FsError; what was not done stays pending for
+        a retry. A conflict is no error: the local version is safe in the VM beside the VM's."""
         async with file.lock:
             buffer = file.buffer
             if buffer is not None and buffer.refused is not None:  # a change past the cap: never publish
@@ -844,37 +875,74 @@ class VFS:
             path = self.inodes.path(ino)
             source, size, mtime_ns = buffer.source(), buffer.size, buffer.mtime_ns
             old = self.cache.attrs(path) or node.last_attrs
-            # Uploads keep an existing file's mode on the local server; naming a mode costs an
-            # extra run, so only an unusual one is re-applied (the real service may reset it).
-            mode = None if old is None or stat.S_IMODE(old.mode) == 0o644 else stat.S_IMODE(old.mode)
+            base = file.base or old
             times, pending_mode = file.pending_times, file.pending_mode
             attrs = None
             if buffer.dirty:
-                follow_up = times is not None or pending_mode is not None
                 # a sync write replaces the inode: a file with hard links is rewritten in place
                 in_place = old is not None and old.nlink > 1
-                attrs = await self.remote.write_file(path, source, size, mode=None if follow_up else mode,
-                                                     in_place=in_place, base=old, mtime_ns=mtime_ns)
+                if self.write_back:
+                    # Uploads keep an existing file's mode; only an unusual one is re-applied.
+                    mode = None if old is None or stat.S_IMODE(old.mode) == 0o644 else stat.S_IMODE(old.mode)
+                    follow_up = times is not None or pending_mode is not None
+                    result = await self.remote.write_file(path, source, size, mode=None if follow_up else mode,
+                                                          in_place=in_place, base=base, mtime_ns=mtime_ns)
+                else:  # the install run applies the mode and the recorded times as well
+                    atime_ns, set_mtime = times or (None, None)
+                    result = await self.remote.write_file(
+                        path, source, size, in_place=in_place, base=base,
+                        mode=stat.S_IMODE(old.mode) if pending_mode is None and old is not None else pending_mode,
+                        atime_ns=atime_ns, mtime_ns=mtime_ns if set_mtime is None else set_mtime)
+                    self._applied(file, times, pending_mode)
+                    times, pending_mode = file.pending_times, file.pending_mode
+                    mode = None
                 buffer.dirty = False
                 self.content.forget(path)
+                if isinstance(result, Installed):
+                    if result.conflict is not None:
+                        self._conflict(ino, file, path, result.conflict)
+                        return
+                    result = result.attrs
+                attrs = result
+            else:
+                mode = None
             while times is not None or pending_mode is not None:
                 attrs = await self.remote.setattr(path, mode=mode if pending_mode is None else pending_mode,
                                                   atime_ns=None if times is None else times[0],
                                                   mtime_ns=None if times is None else times[1])
                 # a chmod/utimens recorded during the await is newer: it gets its own run
-                if file.pending_times == times:
-                    file.pending_times = None
-                if file.pending_mode == pending_mode:
-                    file.pending_mode = None
+                self._applied(file, times, pending_mode)
                 times, pending_mode, mode = file.pending_times, file.pending_mode, None
             if attrs is None:
                 # Size is exact; mtime is our estimate until the cache entry expires.
-                base = old or Attrs(stat.S_IFREG | 0o644, 0, 1, 0, 0, mtime_ns, mtime_ns, mtime_ns)
-                attrs = replace(base, size=size, mtime_ns=mtime_ns, ctime_ns=mtime_ns)
+                fallback = old or Attrs(stat.S_IFREG | 0o644, 0, 1, 0, 0, mtime_ns, mtime_ns, mtime_ns)
+                attrs = replace(fallback, size=size, mtime_ns=mtime_ns, ctime_ns=mtime_ns)
             elif isinstance(source, bytes):
                 self.content.put((path, attrs.size, attrs.mtime_ns), source)
+            file.base = attrs
+            self.conflicted.discard(os.fsdecode(path))
             self._cache_all_names(ino, path, attrs)
             self.inodes.set_attrs(ino, attrs)
+
+    @staticmethod
+    def _applied(file: OpenFile, times, pending_mode) -> None:
+        """The recorded ``times``/``pending_mode`` reached the remote (newer ones stay)."""
+        if file.pending_times == times:
+            file.pending_times = None
+        if file.pending_mode == pending_mode:
+            file.pending_mode = None
+
+    def _conflict(self, ino: int, file: OpenFile, path: bytes, kept: bytes) -> None:
+        """A push found the VM's file changed since the mount saw it: the VM's version stays
+        (re-read at the next look), ours is at ``kept``. The buffer is no longer pending (its
+        content is safe there); its base stays, so a later push of it conflicts again."""
+        log.warning("conflict: %s was changed in the VM since this mount read it; the VM's version "
+                    "stays, the local version was saved as %s", os.fsdecode(path), os.fsdecode(kept))
+        self.conflicts.append(Conflict(os.fsdecode(path), os.fsdecode(kept), time.time()))
+        self.conflicted.add(os.fsdecode(path))
+        file.pending_times = file.pending_mode = None  # they went with the conflict copy
+        self.cache.invalidate(path)  # drops the directory's listing too: the copy shows up in it
+        self.cache.dir_changed(parent_of(path))
 
     def _peek(self, path: bytes) -> tuple[bool, Attrs | None]:
         """What the caches say of ``path`` without a call (for the write-back port)."""

@@ -72,13 +72,14 @@ class MountReport:
 
 
 def _conflicts(vfs) -> dict | None:
-    """Write-back: files changed in the VM while the mount had a change of them pending (both
-    versions kept). None in write-through mode, which does not detect them yet."""
-    pusher = getattr(getattr(vfs, "remote", None), "pusher", None)
-    if pusher is None:
+    """Files changed in the VM while the mount had a change of them pending (both versions
+    kept): the pusher's (write-back) and the open files' own pushes (both modes)."""
+    if vfs is None:
         return None
-    return {"count": len(pusher.conflicts),
-            "recent": [{"path": c.path, "kept": c.kept, "at": c.when} for c in pusher.conflicts[-10:]]}
+    pusher = getattr(getattr(vfs, "remote", None), "pusher", None)
+    found = sorted([*getattr(pusher, "conflicts", []), *vfs.conflicts], key=lambda c: c.when)
+    return {"count": len(found),
+            "recent": [{"path": c.path, "kept": c.kept, "at": c.when} for c in found[-10:]]}
 
 
 def _rate(hits: int, misses: int) -> dict:

@@ -117,7 +117,7 @@ def render(s: dict) -> str:
     row("pending", pending_line(s["pending"]))
     conflicts = s.get("conflicts")
     if conflicts is None:
-        row("conflicts", "not detected in write-through mode")
+        row("conflicts", "none (the mount is not serving yet)")
     else:
         row("conflicts", str(conflicts["count"]) + "".join(
             f"\n    {c['path']}: local version kept as {c['kept']}" for c in conflicts["recent"]))
