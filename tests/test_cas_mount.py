@@ -112,6 +112,32 @@ def test_a_patch_on_a_stale_cached_copy_never_overwrites_the_vms_change(server, 
 
 
 @BOTH_MODES
+def test_a_hard_linked_file_rewritten_in_place_is_still_a_compare_and_swap(server, api, mode):
+    """A file with two names is rewritten through its own inode (both names see the bytes), and
+    that rewrite too keeps a change the VM made meanwhile; the mount's own edits, a utimens
+    among them, never conflict."""
+    vm = api.fork()
+    api.sh(vm, f"printf 'abcdef\\n' > {HOME}/f.txt && ln {HOME}/f.txt {HOME}/twin.txt")
+    with mounted(server, *WRITE_MODES[mode], "--cache-ttl", "600", vm_id=vm) as m:
+        m.allow_log("conflict")
+        with open(m.p("f.txt"), "r+b") as f:
+            f.write(b"A")
+        os.utime(m.p("twin.txt"), ns=(1_600_000_000_000_000_000, 1_500_000_000_000_000_000))
+        with open(m.p("f.txt"), "r+b") as f:
+            f.seek(1)
+            f.write(b"B")
+        assert api.read_file(vm, f"{HOME}/twin.txt") == b"ABcdef\n"
+        assert api.sh(vm, f"stat -c %h {HOME}/f.txt") == "2\n"
+        assert conflict_copies(api, vm, HOME, "f.txt") == []
+        in_vm(server, vm, f"printf 'VM-CHANGED\\n' > {HOME}/f.txt")
+        with open(m.p("f.txt"), "r+b") as f:
+            f.seek(2)
+            f.write(b"C")
+        assert_one_conflict(m, api, "f.txt", b"VM-CHANGED\n", b"ABCdef\n", 0o644)
+        assert api.read_file(vm, f"{HOME}/twin.txt") == b"VM-CHANGED\n"
+
+
+@BOTH_MODES
 def test_a_file_the_vm_wrote_while_the_mount_created_it_is_a_conflict(server, api, mode):
     vm = api.fork()
     with mounted(server, *WRITE_MODES[mode], "--cache-ttl", "600", vm_id=vm) as m:

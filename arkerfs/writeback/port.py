@@ -234,13 +234,13 @@ class WriteBack:
         """A file's new content (its ``close()``): durable in the journal when this returns."""
         if size > CLIENT_MAX_FILE_BYTES:
             raise FsError(errno.EFBIG)
-        if in_place:  # every hard link must see the bytes: rewritten through its inode, now
-            await self._barrier()
-            return await self.remote.write_file(path, source, size, mode=mode, in_place=True)
         known, prior = self._view(path)
-        if prior is not None and prior.nlink > 1:  # see ``link``
+        if in_place or (prior is not None and prior.nlink > 1):  # see ``link``
+            # every hard link must see the bytes: rewritten through its inode, now, still as a
+            # compare-and-swap when the mount saw a version of the VM's file
             await self._barrier()
-            return await self.remote.write_file(path, source, size, mode=mode, in_place=True)
+            vm_base = base if base is not None and base.remote_ino < SYNTHETIC_INO and base.is_reg else None
+            return await self.remote.write_file(path, source, size, mode=mode, in_place=True, base=vm_base)
         await self._room_for(size)
         try:
             stored = await trio.to_thread.run_sync(self._store, source, size)
