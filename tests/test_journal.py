@@ -141,3 +141,19 @@ def test_kill_9_keeps_every_committed_change_and_rescues_the_rest(tmp_path, seed
                 (b"%d:" % k) * (k % 50 + 1) for k in range(1, max(acknowledged.values()) + 2))
         named = {c.content for c in j.pending() if c.content}
         assert {p.name for p in j.spool.iterdir()} == named
+
+
+def test_a_crash_after_acknowledging_never_rescues_pushed_content(tmp_path):
+    """The exact crash point: the drop of the changes is committed, their files not unlinked."""
+    j = Journal.for_vm(VM, tmp_path)
+    seqs = [j.append("write", {"path": f"f{i}"}, j.store_content(b"pushed")) for i in range(3)]
+    j.commit()
+    files = {p: p.read_bytes() for p in j.spool.iterdir()}
+    j.acknowledge(seqs)
+    for path, data in files.items():  # the kill landed before the unlinks: the files are still there
+        path.write_bytes(data)
+    j._db.close()  # no orderly close: nothing more is committed
+    os.close(j._lock_fd)
+    with Journal.for_vm(VM, tmp_path) as again:
+        assert again.rescued == [] and again.pending() == []
+        assert list(again.spool.iterdir()) == []

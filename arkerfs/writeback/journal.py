@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS changes (
     failed TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- spool files of acknowledged changes, named in the transaction that drops the changes and
+-- forgotten once unlinked: a crash in between leaves pushed content, not an orphan to rescue
+CREATE TABLE IF NOT EXISTS pushed_spool (content TEXT PRIMARY KEY);
 """
 COPY_CHUNK = 8 * 1024 * 1024
 # s a daemon waits for the lock: ``left_behind`` (arkerfs status/sync) holds it for a moment
@@ -209,9 +212,19 @@ class Journal:
             names += [n for (n,) in self._db.execute(
                 f"SELECT content FROM changes WHERE seq IN ({marks}) AND content IS NOT NULL", chunk)]
             self._db.execute(f"DELETE FROM changes WHERE seq IN ({marks})", chunk)
+        self._db.executemany("INSERT OR IGNORE INTO pushed_spool VALUES (?)", [(n,) for n in names])
         self.commit()
+        self._unlink_pushed(names)
+
+    def _unlink_pushed(self, names: list[str]) -> None:
+        """Unlink acknowledged spool files, then forget their names (committed with the next
+        change: a crash before that only makes the next open unlink them again)."""
         for name in names:
             (self.spool / name).unlink(missing_ok=True)
+        if names:
+            self._begin()
+            for chunk in _chunks(names, 500):
+                self._db.execute(f"DELETE FROM pushed_spool WHERE content IN ({','.join('?' * len(chunk))})", chunk)
 
     def note_attempt(self, seq: int, error: str | None, *, failed: bool) -> None:
         """Count a push attempt of ``seq``; ``failed`` marks it failed (kept, retried later)."""
@@ -233,9 +246,12 @@ class Journal:
             self._in_transaction = True
 
     def _rescue_orphans(self) -> list[Path]:
-        """Spool files that no change names: a crash came between writing one and committing
-        the change that names it, so no application was told it was saved. Kept, not deleted
+        """Spool files that no change names (after the pushed ones went): a crash came between
+        writing one and committing the change that names it, so no application was told it was
+        saved. Kept, not deleted
         (they may still be someone's work), in ``rescue/``; half-written ``.tmp`` files go."""
+        self._unlink_pushed([n for (n,) in self._db.execute("SELECT content FROM pushed_spool")])
+        self.commit()
         named = {n for (n,) in self._db.execute("SELECT content FROM changes WHERE content IS NOT NULL")}
         rescued = []
         for entry in sorted(self.spool.iterdir()):
