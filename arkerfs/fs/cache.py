@@ -198,8 +198,10 @@ class MetaCache:
     def renamed(self, old: bytes, new: bytes) -> None:
         """``old`` moved to ``new`` (replacing it). Cached entries below either are dropped:
         they are refetched under their new names on demand."""
-        attrs = self.attrs(old)
-        self.removed(new)
+        attrs, replaced = self.attrs(old), self.attrs(new)
+        # a name known to be absent or a non-directory has nothing cached below it (no scan:
+        # rsync renames hundreds of files into place)
+        self.removed(new, is_dir=not self.is_absent(new) and (replaced is None or replaced.is_dir))
         self.removed(old, is_dir=attrs is None or attrs.is_dir)
         if attrs is not None:
             self.added(new, attrs)

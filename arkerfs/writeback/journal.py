@@ -233,6 +233,11 @@ class Journal:
                          (error if failed else None, seq))
         self.commit()
 
+    def held_bytes(self) -> int:
+        """The bytes of content pending (what ``--journal-max-bytes`` bounds); cheap enough for
+        every close(), unlike ``summary``."""
+        return self._db.execute("SELECT COALESCE(SUM(size), 0) FROM changes WHERE content IS NOT NULL").fetchone()[0]
+
     def summary(self) -> dict:
         changes, paths, size, oldest, failed = self._db.execute(
             "SELECT COUNT(*), COUNT(DISTINCT COALESCE(json_extract(args, '$.new'), json_extract(args, '$.path'))),"

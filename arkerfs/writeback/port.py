@@ -269,7 +269,7 @@ class WriteBack:
         within the local disk's free space (less a margin). A content larger than the bound
         still goes once the journal is empty; only a full local disk gives ENOSPC."""
         while True:
-            held = self.journal.summary()["bytes"]
+            held = self.journal.held_bytes()
             disk = os.statvfs(self.journal.spool)
             free = disk.f_bavail * disk.f_frsize - FREE_SPACE_MARGIN
             if held + size <= min(self.max_bytes, held + free) or not self.journal.has_pushable():
