@@ -157,3 +157,16 @@ def test_a_crash_after_acknowledging_never_rescues_pushed_content(tmp_path):
     with Journal.for_vm(VM, tmp_path) as again:
         assert again.rescued == [] and again.pending() == []
         assert list(again.spool.iterdir()) == []
+
+
+def test_held_bytes_follow_appends_acknowledgements_and_reopening(tmp_path):
+    """What --journal-max-bytes bounds, counted without a scan on every close()."""
+    with Journal.for_vm(VM, tmp_path) as j:
+        seqs = [j.append("write", {"path": f"f{i}"}, j.store_content(b"x" * (100 + i))) for i in range(4)]
+        j.append("mkdir", {"path": "d", "mode": 0o755})
+        j.commit()
+        assert j.held_bytes() == j.summary()["bytes"] == 406
+        j.acknowledge(seqs[:2])
+        assert j.held_bytes() == j.summary()["bytes"] == 205
+    with Journal.for_vm(VM, tmp_path) as j:
+        assert j.held_bytes() == 205

@@ -214,13 +214,43 @@ class _Fetch:
         self.error: Exception | None = None
 
 
+class _Versions(cachetools.LRUCache):
+    """The LRU of versions, indexed by path and summing the bytes held in memory, so a close()
+    or a read never scans every cached version."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(max_bytes, getsizeof=lambda c: max(c.charge, 1))
+        self.by_path: dict[bytes, set[ContentKey]] = {}
+        self.in_memory = 0
+
+    def __setitem__(self, key: ContentKey, content: FileContent) -> None:
+        old = self.get(key)
+        super().__setitem__(key, content)  # may evict others (through __delitem__)
+        self.in_memory += content.in_memory - (old.in_memory if old is not None else 0)
+        self.by_path.setdefault(key[0], set()).add(key)
+
+    def __delitem__(self, key: ContentKey) -> None:
+        content = self[key]
+        super().__delitem__(key)
+        self.in_memory -= content.in_memory
+        keys = self.by_path.get(key[0])
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self.by_path[key[0]]
+
+    def clear(self) -> None:
+        for key in list(self.keys()):
+            del self[key]
+
+
 class ContentCache:
     """LRU of file versions bounded in bytes, with single-flight opens."""
 
     def __init__(self, opener: Opener, spool_dir: str, max_bytes: int = 256 * 1024 * 1024) -> None:
         self._opener = opener
         self._spool_dir = spool_dir
-        self._lru: cachetools.LRUCache = cachetools.LRUCache(max_bytes, getsizeof=lambda c: max(c.charge, 1))
+        self._lru = _Versions(max_bytes)
         self._max_bytes = max_bytes
         self._flights = SingleFlight()
         self.hits = self.misses = 0  # versions found in / fetched into the cache (arkerfs status)
@@ -247,7 +277,7 @@ class ContentCache:
         return data
 
     def forget(self, path: bytes) -> None:
-        for key in [k for k in self._lru.keys() if k[0] == path]:
+        for key in list(self._lru.by_path.get(path, ())):
             del self._lru[key]
 
     def put(self, key: ContentKey, data: bytes) -> None:
@@ -271,7 +301,7 @@ class ContentCache:
 
     def _whole(self, data: bytes) -> WholeContent:
         """In memory only while small and while the cached ones in memory stay in budget."""
-        in_memory = sum(c.in_memory for c in self._lru.values())
+        in_memory = self._lru.in_memory
         return WholeContent(data, self._spool_dir,
                             in_memory=len(data) <= MEMORY_LIMIT and in_memory + len(data) <= MEMORY_BUDGET)
 

@@ -118,6 +118,7 @@ class Journal:
             raise JournalError(f"the journal {directory} belongs to VM {owner[0]}, not {vm_id}")
         self.vm_id = vm_id
         self.rescued = self._rescue_orphans()
+        self._held = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM changes").fetchone()[0]
 
     @classmethod
     def for_vm(cls, vm_id: str, root: Path | None = None) -> Journal:
@@ -164,6 +165,7 @@ class Journal:
         cursor = self._db.execute(
             "INSERT INTO changes (op, args, content, size, created) VALUES (?, ?, ?, ?, ?)",
             (op, json.dumps(args, separators=(",", ":")), name, size, time.time()))
+        self._held += size
         return cursor.lastrowid
 
     def rewrite(self, seq: int, args: dict) -> None:
@@ -209,8 +211,10 @@ class Journal:
         names = []
         for chunk in _chunks(seqs, 500):
             marks = ",".join("?" * len(chunk))
-            names += [n for (n,) in self._db.execute(
-                f"SELECT content FROM changes WHERE seq IN ({marks}) AND content IS NOT NULL", chunk)]
+            for name, size in self._db.execute(
+                    f"SELECT content, size FROM changes WHERE seq IN ({marks}) AND content IS NOT NULL", chunk):
+                names.append(name)
+                self._held -= size
             self._db.execute(f"DELETE FROM changes WHERE seq IN ({marks})", chunk)
         self._db.executemany("INSERT OR IGNORE INTO pushed_spool VALUES (?)", [(n,) for n in names])
         self.commit()
@@ -234,9 +238,9 @@ class Journal:
         self.commit()
 
     def held_bytes(self) -> int:
-        """The bytes of content pending (what ``--journal-max-bytes`` bounds); cheap enough for
-        every close(), unlike ``summary``."""
-        return self._db.execute("SELECT COALESCE(SUM(size), 0) FROM changes WHERE content IS NOT NULL").fetchone()[0]
+        """The bytes of content pending (what ``--journal-max-bytes`` bounds): a running count,
+        cheap enough for every close(), unlike ``summary``."""
+        return self._held
 
     def summary(self) -> dict:
         changes, paths, size, oldest, failed = self._db.execute(

@@ -176,8 +176,9 @@ def plan(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str,
         if i in skipped:
             continue
         base = inherited.get(i, change.args.get("base"))
-        later = _later_versions(changes, i, skipped) if change.op in ("create", "write") else []
-        removed_later = change.op == "link" and _name_goes_later(changes, i, skipped)
+        after = [k for k in touching[paths_of(change)[0]] if k > i and k not in skipped]
+        later = _later_versions(changes, i, after) if change.op in ("create", "write") else []
+        removed_later = change.op == "link" and _name_goes_later(changes, i, after)
         fragment = _fragment(change, base, produced, landed, stamp, uploads, later, inline, removed_later,
                              absorbed.get(i, []))
         steps.append(Step(fragment, change, covered.get(i, [])))
@@ -188,16 +189,15 @@ def plan(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str,
                  changes[-1].seq if changes else 0)
 
 
-def _later_versions(changes: list[Change], i: int, skipped: set[int]) -> list[tuple[int, int]]:
+def _later_versions(changes: list[Change], i: int, after: list[int]) -> list[tuple[int, int]]:
     """(size, mtime_ns) of every version the changes after ``i`` give the same file by name:
     its later installs and the times set on them. Finding one of these there means this batch
-    ran before (its answer was lost), not that the VM changed the file."""
-    path, size = paths_of(changes[i])[0], changes[i].size
+    ran before (its answer was lost), not that the VM changed the file. ``after``: the indices
+    of the changes after ``i`` that touch its path and go in this batch, in order."""
+    size = changes[i].size
     found = []
-    for k in range(i + 1, len(changes)):
+    for k in after:
         c = changes[k]
-        if k in skipped or path not in paths_of(c):
-            continue
         if c.op in ("create", "write"):
             size = c.size if c.op == "write" else 0
             found.append((size, decode_attrs(c.args["attrs"]).mtime_ns))
@@ -208,11 +208,11 @@ def _later_versions(changes: list[Change], i: int, skipped: set[int]) -> list[tu
     return found
 
 
-def _name_goes_later(changes: list[Change], i: int, skipped: set[int]) -> bool:
-    """Whether a change after ``i`` unlinks or renames away the first path of change ``i``."""
+def _name_goes_later(changes: list[Change], i: int, after: list[int]) -> bool:
+    """Whether a change after ``i`` (``after``: as for ``_later_versions``) unlinks or renames
+    away the first path of change ``i``."""
     path = paths_of(changes[i])[0]
-    return any(k not in skipped and changes[k].op in ("unlink", "rename") and paths_of(changes[k])[0] == path
-               for k in range(i + 1, len(changes)))
+    return any(changes[k].op in ("unlink", "rename") and paths_of(changes[k])[0] == path for k in after)
 
 
 def _seq_index(changes: list[Change], seq: int) -> int:
