@@ -527,9 +527,27 @@ def _run_planned(batch, home: str, spool: str) -> None:
         os.makedirs(os.path.dirname(staged), exist_ok=True)
         with open(os.path.join(spool, upload.spool_name), "rb") as src, open(staged, "wb") as dst:
             dst.write(src.read())
-    script = B.batch_script([step.fragment for step in batch.steps]).replace(HOME, home)
+    script = _rehomed(B.batch_script([step.fragment for step in batch.steps]), home)
     done = subprocess.run(["bash", "-c", script], capture_output=True, timeout=30)
     assert done.returncode == 0, done.stderr
+
+
+def _rehomed(script: str, home: str) -> str:
+    """``script`` with every /home/user path moved to ``home``: in the text, and in the base64
+    fields of the install lines a run of installs carries (``shell.install_line``)."""
+    import base64
+    import re
+
+    def line(text: str) -> str:
+        return " ".join(f if i == 7 else base64.b64encode(base64.b64decode(f).replace(HOME.encode(), home.encode()))
+                        .decode() for i, f in enumerate(text.split(" ")))
+
+    def lines(match: re.Match) -> str:
+        return match.group(1) + "\n".join(line(t) for t in match.group(2).split("\n")) + match.group(3)
+
+    end = "ARKERFS_INSTALLS_END"
+    script = re.sub(rf"(_pi <<'{end}'\n)(.*?)(\n{end}\n)", lines, script, flags=re.S)
+    return script.replace(HOME, home)
 
 
 def test_a_batch_sent_again_with_a_later_write_coalesced_makes_no_conflict(tmp_path):
@@ -560,3 +578,38 @@ def test_a_batch_sent_again_with_a_later_write_coalesced_makes_no_conflict(tmp_p
     assert sorted(os.listdir(home)) == [".arkerfs", "f"]
     with open(os.path.join(home, "f"), "rb") as f:
         assert f.read() == b"content\n"
+
+
+def test_a_utimens_and_chmod_after_a_write_ride_on_its_install_and_repeat_cleanly(tmp_path):
+    """tar/rsync/cp -p set times and mode right after each file's content: one install step
+    sets them (no step of their own), and the batch sent again changes nothing."""
+    import stat as st
+
+    from arkerfs.fs.model import Attrs
+    from arkerfs.writeback import plan as P
+    from arkerfs.writeback.journal import Change
+
+    home, spool = str(tmp_path / "home"), tmp_path / "spool"
+    os.makedirs(home)
+    spool.mkdir()
+    changes, seq = [], 0
+    for i in range(6):
+        (spool / f"c{i}").write_bytes(b"content %d\n" % i)
+        written = Attrs(st.S_IFREG | 0o644, 10, 1, 1000, 1000, 1_700_000_000_000_000_000, 1_700_000_000_000_000_000,
+                        1_700_000_000_000_000_000, (1 << 60) + i)
+        changes += [Change(seq + 1, "write", {"path": f"{HOME}/f{i}", "attrs": P.encode_attrs(written), "base": None},
+                           f"c{i}", 10, 0.0, 0, None),
+                    Change(seq + 2, "setattr", {"path": f"{HOME}/f{i}", "mode": 0o751, "atime_ns": None,
+                                                "mtime_ns": 1_500_000_000_000_000_007 + i,
+                                                "attrs": P.encode_attrs(written)}, None, 0, 0.0, 0, None)]
+        seq += 2
+    batch = P.plan(changes, {}, "STAMP")
+    assert [step.change.op for step in batch.steps] == ["write"] * 6
+    assert sorted(s for step in batch.steps for s in step.seqs) == list(range(1, 13))
+    for _ in range(2):  # the second run: a batch sent again after its answer was lost
+        _run_planned(batch, home, str(spool))
+        for i in range(6):
+            found = os.lstat(os.path.join(home, f"f{i}"))
+            assert (st.S_IMODE(found.st_mode), found.st_mtime_ns) == (0o751, 1_500_000_000_000_000_007 + i)
+        assert sorted(os.listdir(home)) == [".arkerfs"] + [f"f{i}" for i in range(6)]
+        assert os.listdir(os.path.join(home, ".arkerfs", "staging")) == []

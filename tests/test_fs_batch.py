@@ -18,8 +18,26 @@ STAMP = "20261128T091500Z"
 MTIME = 1_700_000_000_123_456_789
 
 
+# Every test runs each way an install can go: a fragment of its own (the shell _inst), a run of
+# installs in one python3 process (_pi), and _pi on a VM without python3 (each line via _inst).
+INSTALL_PATHS = ("shell", "python", "no-python")
+HIDE_PYTHON = 'command() { [ "$2" = python3 ] && return 1; builtin command "$@"; }\n'
+
+
+SCRIPT_PREFIX = ""  # HIDE_PYTHON for the no-python path
+
+
+@pytest.fixture(params=INSTALL_PATHS, autouse=True)
+def install_path(request, monkeypatch) -> str:
+    if request.param != "shell":
+        monkeypatch.setattr(S, "PY_INSTALL_MIN", 1)
+    if request.param == "no-python":
+        monkeypatch.setitem(globals(), "SCRIPT_PREFIX", HIDE_PYTHON)
+    return request.param
+
+
 def run_batch(fragments) -> tuple[list[S.Outcome], int]:
-    proc = subprocess.run(["bash", "-c", B.batch_script(fragments)], capture_output=True, timeout=30)
+    proc = subprocess.run(["bash", "-c", SCRIPT_PREFIX + B.batch_script(fragments)], capture_output=True, timeout=30)
     return S.parse_output(proc.stdout), proc.returncode
 
 
@@ -134,3 +152,36 @@ def test_hostile_names_install_and_conflict_exactly(home):
         done = S.check_result(frag, run_one(frag))
         assert done.conflict is None and open(home + b"/" + name, "rb").read() == name
     assert sorted(os.listdir(home)) == sorted(n[:200] for n in NAMES[:12])
+
+
+def test_an_in_place_install_keeps_the_inode_so_every_hard_link_sees_it(home):
+    target = home + b"/f"
+    with open(target, "wb") as f:
+        f.write(b"old")
+    os.link(target, home + b"/twin")
+    seen = os.lstat(target)
+    frag = B.install(stage(home, b"06", b"new bytes"), target, mode=None, mtime_ns=MTIME,
+                     base=B.Version(seen.st_ino, seen.st_size, seen.st_mtime_ns), stamp=STAMP, recovery=home + b"/arkerfs-recovered", home=home, in_place=True)
+    done = S.check_result(frag, run_one(frag))
+    assert done.conflict is None and done.attrs.nlink == 2
+    assert open(home + b"/twin", "rb").read() == b"new bytes"
+    assert os.lstat(home + b"/twin").st_mtime_ns == MTIME
+    assert stat.S_IMODE(os.lstat(target).st_mode) == 0o644  # mode None: the file's own
+
+
+def test_a_batch_sent_again_finds_its_own_installs_and_makes_no_conflict_copy(home):
+    """The answer of a batch was lost and the pusher sends it again: every install finds the
+    version it made (size, ns mtime), drops the staged copy and reports the file."""
+    def batch(tag: bytes):
+        return [B.install(stage(home, tag + b"%d" % i, b"v%d" % i), home + b"/f%d" % i, mode=0o600,
+                          mtime_ns=MTIME + i, base=None, stamp=STAMP, recovery=home + b"/arkerfs-recovered",
+                          home=home, size=2) for i in range(5)]
+    first, again = batch(b"a"), batch(b"b")
+    assert [o.status for o in run_batch(first)[0]] == [0] * 5
+    outcomes, code = run_batch(again)
+    assert code == 0
+    for i, (frag, outcome) in enumerate(zip(again, outcomes)):
+        done = S.check_result(frag, outcome)
+        assert done.conflict is None and done.attrs.mtime_ns == MTIME + i and done.attrs.size == 2
+    assert sorted(os.listdir(home)) == [b"f%d" % i for i in range(5)]
+    assert os.listdir(os.path.dirname(home) + b"/staging") == []

@@ -91,13 +91,17 @@ def install(staged: bytes, path: bytes, *, mode: int | None, mtime_ns: int, atim
 
     expect = " ".join(["none" if base is None else base.printed(), *(f"*:{size_mtime(z, t)}" for z, t in earlier)])
     mine = " ".join(size_mtime(z, t) for z, t in ([] if size is None else [(size, mtime_ns), *later]))
-    # the prelude's _inst does the steps (one copy per script: a batch of hundreds stays small)
+    new = "1" if empty else "b:" + S.b64(content) if content else "-"
+    # the prelude's _inst does the steps (one copy per script: a batch of hundreds stays small);
+    # a run of installs in a batch goes through _pi instead, one line each
     args = [S.quote(staged), S.quote(path), perm, atime, S.touch_time(mtime_ns),
-            S.quote(expect.encode()) if check else "-", S.quote(mine.encode()) if mine else "-",
-            "1" if empty else "b:" + S.b64(content) if content else "-",
+            S.quote(expect.encode()) if check else "-", S.quote(mine.encode()) if mine else "-", new,
             S.quote(stamp.encode()), S.quote(recovery), S.quote(home), *(["1"] if in_place else [])]
     body = "_inst " + " ".join(args)
-    return S.Fragment(body, _installed)
+    line = S.install_line(staged, path, perm.encode(), atime.encode(), S.touch_time(mtime_ns).encode(),
+                          expect.encode() if check else b"-", mine.encode() if mine else b"-",
+                          stamp.encode(), recovery, home, b"1" if in_place else b"0", content=new)
+    return S.Fragment(body, _installed, install_line=line)
 
 
 def conflict_name(path: bytes, stamp: str) -> bytes:

@@ -142,6 +142,72 @@ _STRERROR_EXIT = [
     ("Invalid argument", E.EINVAL),
 ]
 
+# The prelude's _inst in python3, for a batch of installs in one process (``_pi``): stdin has
+# one line per install (``install_line``); each prints its records and its X status; the first
+# failure ends the run with its status. The same steps and outcomes as _inst, step by step.
+_PY_INSTALL = """import os,sys,base64,fnmatch,shutil,stat
+w=sys.stdout.buffer.write
+def out(*f): w(b''.join(x+b'\\0' for x in f))
+def ns(t):
+    t=t[1:]; g=-1 if t[:1]==b'-' else 1; a,_,b=t.lstrip(b'-').partition(b'.')
+    return g*(int(a)*10**9+int(b))
+def tm(n):
+    a,b=divmod(n,10**9); return b'%d.%09d0'%(a,b)
+def reg(p):
+    try: return stat.S_ISREG(os.lstat(p).st_mode)
+    except FileNotFoundError: return False
+def sm(f,m,at,mt):
+    os.chmod(f,m); os.utime(f,ns=(at,mt),follow_symlinks=False)
+def st(p):
+    s=os.lstat(p); k=stat.S_IFMT(s.st_mode)
+    y={stat.S_IFREG:b'f',stat.S_IFDIR:b'd',stat.S_IFLNK:b'l',stat.S_IFIFO:b'p',stat.S_IFSOCK:b's',stat.S_IFBLK:b'b',stat.S_IFCHR:b'c'}[k]
+    out(b'A',y,b'%o'%(s.st_mode&0o7777),b'%d'%s.st_size,b'%d'%s.st_nlink,b'%d'%s.st_uid,b'%d'%s.st_gid,
+        tm(s.st_atime_ns),tm(s.st_mtime_ns),tm(s.st_ctime_ns),b'%d'%s.st_ino,os.readlink(p) if k==stat.S_IFLNK else b'')
+def inst(s,p,m,at,mt,ex,mine,new,stamp,rec,home,inplace):
+    x=b'.conflict-'+stamp; d,_,n=p.rpartition(b'/'); c=d+b'/'+n[:255-len(x)]+x
+    r=rec+b'/'+stamp+(p[len(home):] if p.startswith(home) else p)
+    if m==b'-': m=stat.S_IMODE(os.lstat(p).st_mode) if reg(p) else 0o644
+    else: m=int(m,8)
+    if new==b'1' or new[:2]==b'b:':
+        os.makedirs(os.path.dirname(s),exist_ok=True)
+        with open(s,'wb') as f: f.write(base64.b64decode(new[2:]) if new!=b'1' else b'')
+    if not os.path.isfile(s): return 5
+    sm(s,m,ns(at),ns(mt))
+    if not os.path.isdir(d):
+        os.makedirs(os.path.dirname(r),exist_ok=True); os.rename(s,r); out(b'C',r); return 0
+    now=None
+    if os.path.lexists(p):
+        if reg(p):
+            q=os.lstat(p); now=b'%d:%d:'%(q.st_ino,q.st_size)+tm(q.st_mtime_ns)
+        else: now=b'other'
+    if mine!=b'-' and now is not None:
+        for v in mine.split():
+            if now.endswith(b':'+v):
+                try: os.unlink(s)
+                except FileNotFoundError: pass
+                st(p); return 0
+    if ex!=b'-' and not any(fnmatch.fnmatchcase(now or b'none',v) for v in ex.split()):
+        os.rename(s,c); out(b'C',c); return 0
+    if inplace==b'1' or (reg(p) and not os.access(d,os.W_OK)):
+        with open(s,'rb') as f, open(p,'wb') as g: shutil.copyfileobj(f,g)
+        os.unlink(s); sm(p,m,ns(at),ns(mt))
+    else: os.rename(s,p)
+    st(p); return 0
+for l in sys.stdin.buffer:
+    f=l.split()
+    a=[x if i==7 else base64.b64decode(x) for i,x in enumerate(f)]
+    try: e=inst(*a)
+    except OSError as o: e=o.errno if o.errno and 0<o.errno<256 else 5
+    except Exception:
+        import traceback; traceback.print_exc(); e=5
+    out(b'X',b'%d'%e); sys.stdout.flush()
+    if e: sys.exit(e)
+"""
+# a run of at least this many installs goes through one python3 process (_pi) when the VM has
+# one: a shell _inst forks about ten processes per file
+PY_INSTALL_MIN = 4
+
+
 PRELUDE = "\n".join([
     f"F='{_ATTR_FMT}'",
     # _x P: P exists (a dangling symlink counts).
@@ -192,6 +258,14 @@ PRELUDE = "\n".join([
     # _py N CODE ARGS...: a python3 snippet, whose exit status is already an errno; N is the
     # errno for a VM without python3.
     '_py() { local n=$1; shift; command -v python3 >/dev/null || exit $n; python3 -I -S -c "$@" || exit $?; }',
+    # _pi: the installs on stdin, one line each (``install_line``), in ONE python3 process that
+    # prints each one's records and status like a fragment; without python3, each line through
+    # _inst in its own subshell (its fields base64, but for the content marker). Stops at the
+    # first failure with its status.
+    '_pi() { if command -v python3 >/dev/null; then python3 -I -S -c "$_PYI"; return; fi'
+    '; local l f x i a; while IFS= read -r l; do a=(); i=0; for f in $l; do i=$((i+1))'
+    '; if [ $i = 8 ]; then a+=("$f"); else x=$(printf %s "$f" | base64 -d; printf .); a+=("${x%.}"); fi; done'
+    "; ( _inst \"${a[@]}\"\n: ); _s=$?; printf 'X\\0%d\\0' $_s; [ $_s = 0 ] || return $_s; done; }",
 ])
 
 # Wrapped around every python3 snippet: arguments arrive base64-encoded in ``a``, records go
@@ -233,6 +307,9 @@ class Fragment:
 
     body: str
     parse: Callable[[list[Record]], Any]
+    # an install (``fs.batch.install``): the same step as one line for ``_pi``, which runs a
+    # run of them in one python3 process
+    install_line: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,11 +329,39 @@ def script(fragments: Sequence[Fragment], *, stop_at_failure: bool = False) -> s
     first fragment that fails ends the run (its status is the run's; later ones never run)."""
     parts = ["( export LC_ALL=C", PRELUDE]
     stop = "; [ $_s = 0 ] || exit $_s" if stop_at_failure else ""
-    for frag in fragments:
+    i = 0
+    while i < len(fragments):
+        run = _install_run(fragments, i) if stop_at_failure else 0
+        if run >= PY_INSTALL_MIN:
+            if not any(p.startswith("_PYI=") for p in parts):
+                parts.append("_PYI=" + shlex.quote(_PY_INSTALL))
+            lines = "\n".join(f.install_line for f in fragments[i:i + run])
+            parts.append(f"_pi <<'{_INSTALLS_END}'\n{lines}\n{_INSTALLS_END}\n_s=$?{stop}")
+            i += run
+            continue
         # ":" last: a fragment fails only through an explicit "exit N", never by a stray status
-        parts.append(f"( {frag.body}\n: ); _s=$?; printf 'X\\0%d\\0' $_s{stop}")
+        parts.append(f"( {fragments[i].body}\n: ); _s=$?; printf 'X\\0%d\\0' $_s{stop}")
+        i += 1
     parts.append("exit $_s ) </dev/null")
     return "\n".join(parts)
+
+
+_INSTALLS_END = "ARKERFS_INSTALLS_END"
+
+
+def _install_run(fragments: Sequence[Fragment], start: int) -> int:
+    """How many fragments from ``start`` on are installs, in a row."""
+    end = start
+    while end < len(fragments) and fragments[end].install_line is not None:
+        end += 1
+    return end - start
+
+
+def install_line(*fields: bytes, content: str) -> str:
+    """One ``_pi`` line: ``fields`` (_inst's arguments but the 8th) base64, ``content`` (the
+    8th: ``-``, ``1`` or ``b:<base64>``) as it is, in its place."""
+    words = [b64(f) for f in fields]
+    return " ".join(words[:7] + [content] + words[7:])
 
 
 def parse_output(stdout: bytes) -> list[Outcome]:

@@ -12,7 +12,12 @@ Coalescing, decided on the changes of the batch alone:
 - a create followed by a write of the same file: only the write goes (it creates the file);
 - two writes of a file with nothing else touching it in between: only the second goes;
 - a file created here and removed again before its push (with nothing renaming or linking it
-  in between): none of its changes go.
+  in between): none of its changes go;
+- a chmod/utimens of a file right after its create or write (nothing else touching the file in
+  between): folded into that install, which sets the final mode and times.
+
+A run of installs goes through one python3 process in the VM (``shell._pi``), not about ten
+forked tools per file.
 
 Every skipped change travels with the step that makes it unnecessary, so it is acknowledged
 only together with that step (or at once when nothing needs to run for it).
@@ -167,6 +172,20 @@ def plan(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str,
             for k in run:
                 skipped.update(_seq_index(changes, s) for s in covered.pop(k, []))
 
+    # a chmod/utimens right after a file's content (tar, rsync, cp -p) rides on its install
+    folded: dict[int, dict[str, int]] = {}
+    for i, change in enumerate(changes):
+        if i in skipped or change.op not in ("create", "write"):
+            continue
+        path = paths_of(change)[0]
+        j = next_on(path, i)
+        while j is not None and changes[j].op == "setattr":
+            given = {k: changes[j].args[k] for k in ("mode", "atime_ns", "mtime_ns") if changes[j].args.get(k) is not None}
+            folded[i] = {**folded.get(i, {}), **given}
+            skipped.add(j)
+            covered.setdefault(i, []).extend([changes[j].seq, *covered.pop(j, [])])
+            j = next_on(path, j)
+
     produced: set[bytes] = set()
     uploads: list[Upload] = []
     new_bytes = sum(c.size for i, c in enumerate(changes) if i not in skipped and c.op == "write")
@@ -180,7 +199,7 @@ def plan(changes: Sequence[Change], landed: dict[bytes, B.Version], stamp: str,
         later = _later_versions(changes, i, after) if change.op in ("create", "write") else []
         removed_later = change.op == "link" and _name_goes_later(changes, i, after)
         fragment = _fragment(change, base, produced, landed, stamp, uploads, later, inline, removed_later,
-                             absorbed.get(i, []))
+                             absorbed.get(i, []), folded.get(i, {}))
         steps.append(Step(fragment, change, covered.get(i, [])))
         for path in paths_of(change)[-1:]:
             produced.add(path)
@@ -221,7 +240,9 @@ def _seq_index(changes: list[Change], seq: int) -> int:
 
 def _fragment(change: Change, base, produced: set[bytes], landed: dict[bytes, B.Version], stamp: str,
               uploads: list[Upload], later: list[tuple[int, int]], inline,
-              removed_later: bool = False, earlier: Sequence[tuple[int, int]] = ()) -> S.Fragment:
+              removed_later: bool = False, earlier: Sequence[tuple[int, int]] = (),
+              folded: dict[str, int] | None = None) -> S.Fragment:
+    folded = folded or {}
     a, op = change.args, change.op
     if op in ("create", "write"):
         path = os.fsencode(a["path"])
@@ -243,8 +264,9 @@ def _fragment(change: Change, base, produced: set[bytes], landed: dict[bytes, B.
         else:
             staged = S.STAGING + b"/wb-" + str(change.seq).encode()
             empty = True
-        return B.install(staged, path, mode=stat.S_IMODE(attrs.mode), mtime_ns=attrs.mtime_ns,
-                         atime_ns=attrs.atime_ns, base=version, check=check, stamp=stamp,
+        return B.install(staged, path, mode=stat.S_IMODE(folded.get("mode", attrs.mode)),
+                         mtime_ns=folded.get("mtime_ns", attrs.mtime_ns),
+                         atime_ns=folded.get("atime_ns", attrs.atime_ns), base=version, check=check, stamp=stamp,
                          size=0 if empty else change.size, later=later, earlier=earlier, empty=empty,
                          content=content)
     if op == "mkdir":
