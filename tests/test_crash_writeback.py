@@ -538,8 +538,8 @@ def _rehomed(script: str, home: str) -> str:
     import base64
     import re
 
-    def line(text: str) -> str:
-        return " ".join(f if i == 7 else base64.b64encode(base64.b64decode(f).replace(HOME.encode(), home.encode()))
+    def line(text: str) -> str:  # the op and an install's content marker are not base64
+        return " ".join(f if i in (0, 8) else base64.b64encode(base64.b64decode(f).replace(HOME.encode(), home.encode()))
                         .decode() for i, f in enumerate(text.split(" ")))
 
     def lines(match: re.Match) -> str:

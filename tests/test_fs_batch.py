@@ -185,3 +185,21 @@ def test_a_batch_sent_again_finds_its_own_installs_and_makes_no_conflict_copy(ho
         assert done.conflict is None and done.attrs.mtime_ns == MTIME + i and done.attrs.size == 2
     assert sorted(os.listdir(home)) == [b"f%d" % i for i in range(5)]
     assert os.listdir(os.path.dirname(home) + b"/staging") == []
+
+
+def test_file_renames_in_a_batch_replace_repeat_and_refuse_like_rename(home):
+    """rsync publishes each file by renaming its temporary name over the old one."""
+    for name, data in ((b".f.tmp", b"new"), (b"f", b"old"), (b".g.tmp", b"g"), (b"h", b"h")):
+        with open(home + b"/" + name, "wb") as f:
+            f.write(data)
+    frags = [B.rename(home + b"/.f.tmp", home + b"/f"), B.rename(home + b"/.g.tmp", home + b"/g"),
+             B.rename(home + b"/missing", home + b"/m")]
+    outcomes, code = run_batch(frags)
+    assert [o.status for o in outcomes] == [0, 0, E.ENOENT] and code == E.ENOENT
+    assert open(home + b"/f", "rb").read() == b"new" and open(home + b"/g", "rb").read() == b"g"
+    outcomes, code = run_batch(frags[:2])  # sent again: done already
+    assert [o.status for o in outcomes] == [0, 0] and code == 0
+    refused = B.rename(home + b"/g", home + b"/h", S.RENAME_NOREPLACE)
+    outcomes, code = run_batch([refused])
+    assert outcomes[0].status == E.EEXIST and open(home + b"/h", "rb").read() == b"h"
+    assert sorted(os.listdir(home)) == [b"f", b"g", b"h"]

@@ -144,7 +144,8 @@ def rename(old: bytes, new: bytes, flags: int = 0) -> S.Fragment:
     """Of a file (directories are renamed at once, never batched): the prelude's ``_rnf``."""
     if flags not in (0, S.RENAME_NOREPLACE):
         raise ValueError(f"rename flags {flags} are never batched")
-    return S.Fragment(f"_rnf {S.quote(old)} {S.quote(new)} {1 if flags else 0}", S._nothing)
+    return S.Fragment(f"_rnf {S.quote(old)} {S.quote(new)} {1 if flags else 0}", S._nothing,
+                      install_line=S.rename_line(old, new, bool(flags)))
 
 
 def symlink(target: bytes, path: bytes, mtime_ns: int | None = None) -> S.Fragment:

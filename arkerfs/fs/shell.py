@@ -142,9 +142,10 @@ _STRERROR_EXIT = [
     ("Invalid argument", E.EINVAL),
 ]
 
-# The prelude's _inst in python3, for a batch of installs in one process (``_pi``): stdin has
-# one line per install (``install_line``); each prints its records and its X status; the first
-# failure ends the run with its status. The same steps and outcomes as _inst, step by step.
+# The prelude's _inst and _rnf in python3, for a batch of them in one process (``_pi``): stdin
+# has one line per step (``install_line``, ``rename_line``); each prints its records and its X
+# status; the first failure ends the run with its status. The same steps and outcomes as the
+# shell functions, step by step (rename(2) itself replaces a target a symlink points to).
 _PY_INSTALL = """import os,sys,base64,fnmatch,shutil,stat
 w=sys.stdout.buffer.write
 def out(*f): w(b''.join(x+b'\\0' for x in f))
@@ -163,6 +164,26 @@ def st(p):
     y={stat.S_IFREG:b'f',stat.S_IFDIR:b'd',stat.S_IFLNK:b'l',stat.S_IFIFO:b'p',stat.S_IFSOCK:b's',stat.S_IFBLK:b'b',stat.S_IFCHR:b'c'}[k]
     out(b'A',y,b'%o'%(s.st_mode&0o7777),b'%d'%s.st_size,b'%d'%s.st_nlink,b'%d'%s.st_uid,b'%d'%s.st_gid,
         tm(s.st_atime_ns),tm(s.st_mtime_ns),tm(s.st_ctime_ns),b'%d'%s.st_ino,os.readlink(p) if k==stat.S_IFLNK else b'')
+def ne(p):
+    d=p
+    while True:
+        d=d.rpartition(b'/')[0]
+        if not d or os.path.exists(d): break
+    return 2 if not d or os.path.isdir(d) else 20
+def pd(d):
+    if not os.path.exists(d): return ne(d)
+    if not os.path.isdir(d): return 20
+    return 0 if os.access(d,os.W_OK|os.X_OK) else 13
+def rnf(o,n,nr):
+    if not os.path.lexists(o): return 0 if os.path.lexists(n) else ne(o)
+    e=pd(o.rpartition(b'/')[0]) or pd(n.rpartition(b'/')[0])
+    if e: return e
+    if os.path.lexists(n):
+        if nr==b'1': return 17
+        a,b=os.lstat(o),os.lstat(n)
+        if (a.st_dev,a.st_ino)==(b.st_dev,b.st_ino): return 0
+        if stat.S_ISDIR(b.st_mode): return 21
+    os.rename(o,n); return 0
 def inst(s,p,m,at,mt,ex,mine,new,stamp,rec,home,inplace):
     x=b'.conflict-'+stamp; d,_,n=p.rpartition(b'/'); c=d+b'/'+n[:255-len(x)]+x
     r=rec+b'/'+stamp+(p[len(home):] if p.startswith(home) else p)
@@ -195,16 +216,16 @@ def inst(s,p,m,at,mt,ex,mine,new,stamp,rec,home,inplace):
     st(p); return 0
 for l in sys.stdin.buffer:
     f=l.split()
-    a=[x if i==7 else base64.b64decode(x) for i,x in enumerate(f)]
-    try: e=inst(*a)
+    a=[x if i==8 else base64.b64decode(x) for i,x in enumerate(f) if i]
+    try: e=inst(*a) if f[0]==b'I' else rnf(*a)
     except OSError as o: e=o.errno if o.errno and 0<o.errno<256 else 5
     except Exception:
         import traceback; traceback.print_exc(); e=5
     out(b'X',b'%d'%e); sys.stdout.flush()
     if e: sys.exit(e)
 """
-# a run of at least this many installs goes through one python3 process (_pi) when the VM has
-# one: a shell _inst forks about ten processes per file
+# a run of at least this many installs and file renames goes through one python3 process (_pi)
+# when the VM has one: a shell _inst forks about ten processes per file
 PY_INSTALL_MIN = 4
 
 
@@ -258,14 +279,15 @@ PRELUDE = "\n".join([
     # _py N CODE ARGS...: a python3 snippet, whose exit status is already an errno; N is the
     # errno for a VM without python3.
     '_py() { local n=$1; shift; command -v python3 >/dev/null || exit $n; python3 -I -S -c "$@" || exit $?; }',
-    # _pi: the installs on stdin, one line each (``install_line``), in ONE python3 process that
-    # prints each one's records and status like a fragment; without python3, each line through
-    # _inst in its own subshell (its fields base64, but for the content marker). Stops at the
-    # first failure with its status.
+    # _pi: installs and file renames on stdin, one line each (``install_line``, ``rename_line``),
+    # in ONE python3 process that prints each one's records and status like a fragment; without
+    # python3, each line through _inst/_rnf in its own subshell (the fields base64, but for the
+    # op and an install's content marker). Stops at the first failure with its status.
     '_pi() { if command -v python3 >/dev/null; then python3 -I -S -c "$_PYI"; return; fi'
-    '; local l f x i a; while IFS= read -r l; do a=(); i=0; for f in $l; do i=$((i+1))'
-    '; if [ $i = 8 ]; then a+=("$f"); else x=$(printf %s "$f" | base64 -d; printf .); a+=("${x%.}"); fi; done'
-    "; ( _inst \"${a[@]}\"\n: ); _s=$?; printf 'X\\0%d\\0' $_s; [ $_s = 0 ] || return $_s; done; }",
+    '; local l f x i a o; while IFS= read -r l; do a=(); i=0; o=; for f in $l; do i=$((i+1))'
+    '; if [ $i = 1 ]; then o=$f; elif [ $i = 9 ]; then a+=("$f"); else x=$(printf %s "$f" | base64 -d; printf .); a+=("${x%.}"); fi; done'
+    "; ( if [ \"$o\" = I ]; then _inst \"${a[@]}\"; else _rnf \"${a[@]}\"; fi\n: ); _s=$?; printf 'X\\0%d\\0' $_s"
+    "; [ $_s = 0 ] || return $_s; done; }",
 ])
 
 # Wrapped around every python3 snippet: arguments arrive base64-encoded in ``a``, records go
@@ -358,10 +380,15 @@ def _install_run(fragments: Sequence[Fragment], start: int) -> int:
 
 
 def install_line(*fields: bytes, content: str) -> str:
-    """One ``_pi`` line: ``fields`` (_inst's arguments but the 8th) base64, ``content`` (the
-    8th: ``-``, ``1`` or ``b:<base64>``) as it is, in its place."""
+    """One ``_pi`` line for ``_inst``: ``fields`` (its arguments but the 8th) base64, ``content``
+    (the 8th: ``-``, ``1`` or ``b:<base64>``) as it is, in its place."""
     words = [b64(f) for f in fields]
-    return " ".join(words[:7] + [content] + words[7:])
+    return " ".join(["I", *words[:7], content, *words[7:]])
+
+
+def rename_line(old: bytes, new: bytes, noreplace: bool) -> str:
+    """One ``_pi`` line for ``_rnf``."""
+    return " ".join(["R", b64(old), b64(new), b64(b"1" if noreplace else b"0")])
 
 
 def parse_output(stdout: bytes) -> list[Outcome]:
