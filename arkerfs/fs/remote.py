@@ -577,6 +577,13 @@ class RemoteFS:
             data = got.content
         return RemoteFile(None, path=os.fsdecode(path), size=len(data), content=data)
 
+    async def read_small_files(self, directory: bytes, first: bytes, exclude: list[bytes],
+                               file_max: int, batch_max: int) -> list[S.SmallFile]:
+        """One run: ``first`` and the other small files of ``directory`` (``S.read_small_files``)."""
+        self._check(directory)
+        return await self._call(S.read_small_files(directory, first, exclude, file_max, batch_max),
+                                readonly=True)
+
     def _watched(self, remote_file: RemoteFile) -> RemoteFile:
         """Presigned reads of ``remote_file`` watched for answers like every other request."""
         return remote_file if self.live.outage_timeout is None else _WatchedFile(remote_file, self.live)

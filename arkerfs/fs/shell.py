@@ -222,7 +222,7 @@ def _python(missing: int, body: str, *args: bytes) -> str:
 # -- fragments, scripts and output framing --------------------------------------------------
 
 Record = tuple[bytes, list[bytes]]
-ARITY = {b"A": 11, b"E": 12, b"V": 1, b"S": 8, b"P": 1, b"X": 1, b"C": 1}
+ARITY = {b"A": 11, b"E": 12, b"V": 1, b"S": 8, b"P": 1, b"X": 1, b"C": 1, b"R": 4}
 
 
 @dataclass(frozen=True, slots=True)
@@ -595,6 +595,61 @@ def read_small_or_stage(path: bytes, staging: bytes, inline_max: int) -> Fragmen
         '  ln -f -P -T -- "$p" "$s" 2>/dev/null || _t cp -f -- "$p" "$s"; printf "P\\0%s\\0" "$s"; fi',
         parse,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SmallFile:
+    """One file of a directory read-ahead: its name, the version read, and its bytes."""
+
+    name: bytes
+    size: int
+    mtime_ns: int
+    content: bytes
+
+
+# Reads ``first`` and then the other regular files of the directory (sorted, without the
+# excluded names) of at most ``file_max`` bytes each while the total stays within
+# ``batch_max``. A file whose size or mtime moved while it was read is left out (never a mixed
+# version); one that cannot be opened or read is skipped. Symlinks are never followed.
+_PY_READ_SMALL = """import stat
+d,w,lim,tot=a[0],a[1],int(a[2]),int(a[3])
+ex=set(a[4].split(b'\\0'))
+got=0
+for n in [w]+sorted(x for x in os.listdir(d) if x!=w and x not in ex):
+    try:
+        s=os.lstat(os.path.join(d,n))
+        if not stat.S_ISREG(s.st_mode) or s.st_size>lim or got+s.st_size>tot:
+            continue
+        fd=os.open(os.path.join(d,n),os.O_RDONLY|os.O_NOFOLLOW|os.O_NONBLOCK|os.O_NOCTTY)
+        try:
+            b=bytearray()
+            while len(b)<=lim:
+                c=os.read(fd,lim+1-len(b))
+                if not c:
+                    break
+                b+=c
+            t=os.fstat(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        continue
+    if len(b)!=t.st_size or t.st_size!=s.st_size or t.st_mtime_ns!=s.st_mtime_ns or t.st_ino!=s.st_ino:
+        continue
+    got+=len(b)
+    out(b'R',n,str(t.st_size).encode(),str(t.st_mtime_ns).encode(),base64.b64encode(bytes(b)))
+"""
+
+
+def read_small_files(directory: bytes, first: bytes, exclude: Sequence[bytes],
+                     file_max: int, batch_max: int) -> Fragment:
+    """The small files of ``directory``, ``first`` first (see ``_PY_READ_SMALL``); exits
+    ENOTSUP where python3 is absent."""
+    def parse(records: list[Record]) -> list[SmallFile]:
+        return [SmallFile(f[0], int(f[1]), int(f[2]), base64.b64decode(f[3]))
+                for tag, f in records if tag == b"R"]
+
+    return Fragment(_python(E.ENOTSUP, _PY_READ_SMALL, directory, first, str(file_max).encode(),
+                            str(batch_max).encode(), b"\0".join(exclude)), parse)
 
 
 def remove_staged(staging: bytes) -> Fragment:
