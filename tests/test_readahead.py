@@ -147,3 +147,30 @@ def test_the_parser_reads_records_with_any_bytes_in_names():
     out = b"R\0a\nb\x00\xff\x003\x00" + b"7\0" + b"YWJj\0" + b"X\x000\x00"
     (outcome,) = S.parse_output(out.replace(b"\x00\xff\x00", b"\xff\0"))
     assert frag.parse(outcome.records) == [S.SmallFile(b"a\nb\xff", 3, 7, b"abc")]
+
+
+async def test_a_walk_of_20_directories_reads_their_contents_in_one_run(vm, tmp_path):
+    for d in range(20):
+        for i in range(15):
+            write(vm, b"t/d%02d/f%02d" % (d, i), b"%d/%d" % (d, i))
+    write(vm, b"t/d05/deeper/x", b"deep")
+    vfs = make_vfs(vm, tmp_path, Clock())
+    t, _ = await vfs.lookup(1, b"t")
+    for d in range(20):
+        await vfs.readdir(vfs.opendir((await vfs.lookup(t, b"d%02d" % d))[0]), 0)
+    deeper, _ = await vfs.lookup((await vfs.lookup(t, b"d05"))[0], b"deeper")
+    await vfs.readdir(vfs.opendir(deeper), 0)
+    vm.calls.clear()
+    for d in range(20):
+        for i in range(15):
+            assert await cat(vfs, b"t", b"d%02d" % d, b"f%02d" % i) == b"%d/%d" % (d, i)
+    assert await cat(vfs, b"t", b"d05", b"deeper", b"x") == b"deep"
+    assert dict(vm.calls) == {"run": 1}
+
+
+async def test_a_file_directly_in_the_home_never_reads_the_home_s_subtree(vm, tmp_path):
+    write(vm, b"top", b"t")
+    write(vm, b"sub/inner", b"i")
+    vfs = make_vfs(vm, tmp_path, Clock())
+    assert await cat(vfs, b"top") == b"t"
+    assert vfs.readahead.files == 1

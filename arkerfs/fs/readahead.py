@@ -1,9 +1,11 @@
-"""Read-ahead of small files: the first read of a small file brings its directory's other small
-files too, in the same single run, into the content cache.
+"""Read-ahead of small files: the first read of a small file not cached brings, in the same
+single run, the other small files of its directory and then those of its parent's subtree (its
+directory's siblings, recursively) into the content cache.
 
 A sequential walk of a tree (``grep -r``, ``cp -r``, ``tar -c``, ``rsync --checksum``) then
-costs about one run per directory for contents instead of one sync read per file, and a single
-``cat`` still costs one call (the file itself comes first in that run).
+costs one run per ``BATCH_MAX`` bytes of small files for contents instead of one sync read per
+file, and a single ``cat`` still costs one call (the file itself comes first in that run). A
+file directly in the home brings only the home's own files (never the whole home).
 
 Every file is filed under the version it was read at (``(path, size, mtime_ns)``, the
 ``ContentCache`` key), so a reader whose attributes name another version never gets these
@@ -26,7 +28,7 @@ import cachetools
 from arkerfs.fs.cache import SingleFlight
 from arkerfs.fs.content import ContentCache, ContentKey
 from arkerfs.fs.errors import FsError
-from arkerfs.fs.shell import parent_of
+from arkerfs.fs.shell import HOME_B, parent_of
 
 log = logging.getLogger(__name__)
 
@@ -51,39 +53,39 @@ class ReadAhead:
 
     async def prefetch(self, key: ContentKey) -> None:
         """Before a read of version ``key``: if it is small and not cached, fetch it with its
-        small siblings in one run. Never raises: a failed batch leaves the read to do its own."""
+        small neighbours in one run. Never raises: a failed batch leaves the read to do its own."""
         path, size, _ = key
         if not self.enabled or size > self._file_max or key in self._content:
             return
         directory = parent_of(path)
         if self._decided(path) or self._decided(directory):
             return
-        await self._flights.do(directory, lambda: self._batch(directory, key))
+        # the parent's subtree: a walk's next directories are the file's directory's siblings
+        # (never the whole home: only its own files when the file is directly in it)
+        base = directory if directory == HOME_B else parent_of(directory)
+        await self._flights.do(base, lambda: self._batch(base, key))
 
-    async def _batch(self, directory: bytes, key: ContentKey) -> None:
+    async def _batch(self, base: bytes, key: ContentKey) -> None:
         if key in self._content:  # a batch that just ended brought it
             return
-        path = key[0]
-        first = path[len(directory) + 1:]
-        sent = self._sent.get(directory, set())
-        exclude = [n for n in sent if n != first and self._content.holds(directory + b"/" + n)]
-        if sum(len(n) + 1 for n in exclude) > EXCLUDE_MAX:
+        first = key[0][len(base) + 1:]
+        sent = self._sent.get(base, set())
+        exclude = [r for r in sent if r != first and self._content.holds(base + b"/" + r)]
+        if sum(len(r) + 1 for r in exclude) > EXCLUDE_MAX:
             exclude = []
         try:
             files = await self._remote.read_small_files(
-                directory, first, exclude, self._file_max, self._batch_max)
+                base, first, exclude, self._file_max, self._batch_max, deep=base != parent_of(key[0]))
         except FsError as exc:
             if exc.errno == errno.ENOTSUP:
                 log.info("no python3 in the VM: small files are read one by one")
                 self.enabled = False
             return  # the read does its own call (and reports its own error)
         self.batches += 1
-        if self._decided(directory):  # changed here while the run was out
-            return
-        names = self._sent.setdefault(directory, set())
+        names = self._sent.setdefault(base, set())
         for small in files:
-            child = directory + b"/" + small.name
-            if self._decided(child):
+            child = base + b"/" + small.name
+            if self._decided(child) or self._decided(parent_of(child)):  # changed here meanwhile
                 continue
             self._content.put((child, small.size, small.mtime_ns), small.content)
             names.add(small.name)

@@ -577,11 +577,11 @@ class RemoteFS:
             data = got.content
         return RemoteFile(None, path=os.fsdecode(path), size=len(data), content=data)
 
-    async def read_small_files(self, directory: bytes, first: bytes, exclude: list[bytes],
-                               file_max: int, batch_max: int) -> list[S.SmallFile]:
-        """One run: ``first`` and the other small files of ``directory`` (``S.read_small_files``)."""
-        self._check(directory)
-        return await self._call(S.read_small_files(directory, first, exclude, file_max, batch_max),
+    async def read_small_files(self, base: bytes, first: bytes, exclude: list[bytes], file_max: int,
+                               batch_max: int, *, deep: bool = False) -> list[S.SmallFile]:
+        """One run: ``first`` and other small files under ``base`` (``S.read_small_files``)."""
+        self._check(base)
+        return await self._call(S.read_small_files(base, first, exclude, file_max, batch_max, deep=deep),
                                 readonly=True)
 
     def _watched(self, remote_file: RemoteFile) -> RemoteFile:

@@ -12,8 +12,9 @@ decides how many round trips each operation costs:
   cache so the entries' stats cost nothing afterwards.
 - reads: one sync read on first use of a version (``content``; a large one then costs a few
   ranged GETs that grow while reading sequentially). The first read of a small file (<= 64 KiB)
-  not cached is one run that also brings the directory's other small files (``readahead``), so
-  a walk of a tree costs about one call per directory for contents; writes: one install run at close, which
+  not cached is one run that also brings the other small files of its directory and of its
+  parent's subtree (``readahead``): a walk of a tree costs about one call per 700 KB of small
+  files for contents; writes: one install run at close, which
   carries a small content itself (a large one is uploaded first) and applies the mode and any
   chmod/utimens that came while data was pending (those are recorded on the open file and shown
   at once). The install is a compare-and-swap on the version the buffer was based on: a change
