@@ -174,3 +174,17 @@ async def test_a_file_directly_in_the_home_never_reads_the_home_s_subtree(vm, tm
     vfs = make_vfs(vm, tmp_path, Clock())
     assert await cat(vfs, b"top") == b"t"
     assert vfs.readahead.files == 1
+
+
+async def test_too_many_cached_names_to_send_fall_back_to_own_reads(vm, tmp_path, monkeypatch):
+    from arkerfs.fs import readahead
+
+    monkeypatch.setattr(readahead, "EXCLUDE_MAX", 10)  # a few names: then each read is its own
+    for i in range(30):
+        write(vm, b"d/f%02d" % i, bytes([65 + i]) * 60_000)
+    vfs = make_vfs(vm, tmp_path, Clock())
+    await vfs.readdir(vfs.opendir((await vfs.lookup(1, b"d"))[0]), 0)
+    vm.calls.clear()
+    for i in range(30):
+        assert await cat(vfs, b"d", b"f%02d" % i) == bytes([65 + i]) * 60_000
+    assert vfs.readahead.batches == 1 and sum(vm.calls.values()) == 1 + 30 - 11  # 11 came ahead

@@ -71,11 +71,15 @@ class ReadAhead:
         first = key[0][len(base) + 1:]
         sent = self._sent.get(base, set())
         exclude = [r for r in sent if r != first and self._content.holds(base + b"/" + r)]
-        if sum(len(r) + 1 for r in exclude) > EXCLUDE_MAX:
-            exclude = []
+        deep = base != parent_of(key[0])
+        if sum(len(r) + 1 for r in exclude) > EXCLUDE_MAX:  # too much cached to name: stay in
+            top = parent_of(b"/" + first)  # the file's own directory (b"" when it is the base)
+            exclude, deep = [r for r in exclude if parent_of(b"/" + r) == top], False
+            if sum(len(r) + 1 for r in exclude) > EXCLUDE_MAX:
+                return  # the read does its own call rather than bring back what is cached
         try:
             files = await self._remote.read_small_files(
-                base, first, exclude, self._file_max, self._batch_max, deep=base != parent_of(key[0]))
+                base, first, exclude, self._file_max, self._batch_max, deep=deep)
         except FsError as exc:
             if exc.errno == errno.ENOTSUP:
                 log.info("no python3 in the VM: small files are read one by one")
