@@ -26,8 +26,8 @@ def sh(*cmd: str) -> str:
 
 def vm_with_tree(api, dirs: int, files: int) -> str:
     vm = api.fork()
-    api.sh(vm, f"cd /home/user && for d in $(seq -w 1 {dirs}); do mkdir -p t/d$d; "
-               f"for f in $(seq -w 1 {files}); do printf 'line %s needle-%s\\n' $d $f > t/d$d/f$f; done; done")
+    api.sh(vm, f"cd /home/user && for d in $(seq -w 1 {dirs}); do mkdir -p t/d$d; for f in $(seq -w 1 {files}); "
+               "do printf 'line %s needle-%s\\n' $d $f > t/d$d/f$f; done; done")
     return vm
 
 
@@ -99,11 +99,12 @@ def test_rsync_checksum_dry_run_of_an_unchanged_300_file_tree(server, api, contr
 
 
 @MODES
-def test_a_file_changed_in_the_vm_is_never_served_stale_once_its_version_differs(server, api, control, mode):
+def test_a_file_changed_in_the_vm_is_never_served_stale_once_its_version_differs(server, api, mode):
     vm = api.fork()
     hostile = ["-rf", "a\nb", "q'uote\"", "$(touch pwned)", " sp "]
     for i, name in enumerate(["a", "b", *hostile]):
         api.write_file(vm, "/home/user/d/" + name, f"old {i}".encode())
+    api.sh(vm, "printf 'not utf-8' > /home/user/d/$(printf 'x\\377y')")  # no sync path can name it
     with mounted(server, *WRITE_MODES[mode], "--cache-ttl", "1", vm_id=vm) as m:
         assert sh("cat", m.p("d/a")) == "old 0"  # b and the hostile names come with it
         api.sh(vm, "printf 'new 1' > /home/user/d/b && touch -d @2000000000 /home/user/d/b")
@@ -112,4 +113,6 @@ def test_a_file_changed_in_the_vm_is_never_served_stale_once_its_version_differs
         for i, name in enumerate(hostile, start=2):
             with open(os.path.join(m.p("d"), name), "rb") as f:
                 assert f.read() == f"old {i}".encode()
+        with open(os.path.join(os.fsencode(m.p("d")), b"x\xffy"), "rb") as f:
+            assert f.read() == b"not utf-8"
         assert api.sh(vm, "ls /home/user/pwned 2>/dev/null || true") == ""
