@@ -168,12 +168,15 @@ async def test_a_walk_of_20_directories_reads_their_contents_in_one_run(vm, tmp_
     assert dict(vm.calls) == {"run": 1}
 
 
-async def test_a_file_directly_in_the_home_never_reads_the_home_s_subtree(vm, tmp_path):
+async def test_a_file_in_the_home_or_in_one_of_its_directories_never_reads_the_whole_home(vm, tmp_path):
     write(vm, b"top", b"t")
     write(vm, b"sub/inner", b"i")
+    write(vm, b"other/x", b"x")
     vfs = make_vfs(vm, tmp_path, Clock())
     assert await cat(vfs, b"top") == b"t"
     assert vfs.readahead.files == 1
+    assert await cat(vfs, b"sub", b"inner") == b"i"
+    assert vfs.readahead.files == 2
 
 
 async def test_too_many_cached_names_to_send_fall_back_to_own_reads(vm, tmp_path, monkeypatch):

@@ -5,14 +5,15 @@ directory's siblings, recursively) into the content cache.
 A sequential walk of a tree (``grep -r``, ``cp -r``, ``tar -c``, ``rsync --checksum``) then
 costs one run per ``BATCH_MAX`` bytes of small files for contents instead of one sync read per
 file, and a single ``cat`` still costs one call (the file itself comes first in that run). A
-file directly in the home brings only the home's own files (never the whole home).
+file in the home or in one of its directories brings only its own directory's files (never the
+whole home). A walk stops after ``entries_max`` entries (``shell.read_small_files``).
 
 Every file is filed under the version it was read at (``(path, size, mtime_ns)``, the
 ``ContentCache`` key), so a reader whose attributes name another version never gets these
 bytes: it misses and reads the file on its own. Files above ``FILE_MAX`` are never part of a
 batch (large files keep their ranged reads and their first byte is never delayed). A batch
 holds at most ``BATCH_MAX`` bytes: base64 keeps the run's output near 1 MiB (PROTOCOL §7.6);
-a later miss in the same directory fetches the next batch, leaving out what is still cached.
+a later miss under the same base fetches the next batch, leaving out what is still cached.
 
 In write-back mode a path the overlay decides (pending changes) is never read ahead, nor is
 anything in a directory the overlay decides: its bytes are the journal's, not the VM's.
@@ -61,8 +62,10 @@ class ReadAhead:
         if self._decided(path) or self._decided(directory):
             return
         # the parent's subtree: a walk's next directories are the file's directory's siblings
-        # (never the whole home: only its own files when the file is directly in it)
-        base = directory if directory == HOME_B else parent_of(directory)
+        # (never the whole home: a directory that is the home or in it brings its own files)
+        base = parent_of(directory)
+        if directory == HOME_B or base == HOME_B:
+            base = directory
         await self._flights.do(base, lambda: self._batch(base, key))
 
     async def _batch(self, base: bytes, key: ContentKey) -> None:
