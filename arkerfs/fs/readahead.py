@@ -76,7 +76,7 @@ class ReadAhead:
         exclude = [r for r in sent if r != first and self._content.holds(base + b"/" + r)]
         deep = base != parent_of(key[0])
         if sum(len(r) + 1 for r in exclude) > EXCLUDE_MAX:  # too much cached to name: stay in
-            top = parent_of(b"/" + first)  # the file's own directory (b"" when it is the base)
+            top = parent_of(b"/" + first)  # the file's own directory (b"/" when it is the base)
             exclude, deep = [r for r in exclude if parent_of(b"/" + r) == top], False
             if sum(len(r) + 1 for r in exclude) > EXCLUDE_MAX:
                 return  # the read does its own call rather than bring back what is cached
@@ -94,7 +94,8 @@ class ReadAhead:
             child = base + b"/" + small.name
             if self._decided(child) or self._decided(parent_of(child)):  # changed here meanwhile
                 continue
-            self._content.put((child, small.size, small.mtime_ns), small.content)
+            if (child, small.size, small.mtime_ns) not in self._content:  # else kept as it is
+                self._content.put((child, small.size, small.mtime_ns), small.content)
             names.add(small.name)
             self.files += 1
 
