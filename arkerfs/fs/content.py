@@ -276,6 +276,13 @@ class ContentCache:
             self._store(key, content)  # its charge grew: re-insert so the bound stays true
         return data
 
+    def __contains__(self, key: ContentKey) -> bool:
+        return key in self._lru
+
+    def holds(self, path: bytes) -> bool:
+        """Whether some version of ``path`` is cached."""
+        return path in self._lru.by_path
+
     def forget(self, path: bytes) -> None:
         for key in list(self._lru.by_path.get(path, ())):
             del self._lru[key]

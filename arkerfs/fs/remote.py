@@ -577,6 +577,13 @@ class RemoteFS:
             data = got.content
         return RemoteFile(None, path=os.fsdecode(path), size=len(data), content=data)
 
+    async def read_small_files(self, base: bytes, first: bytes, exclude: list[bytes], file_max: int,
+                               batch_max: int, *, deep: bool = False) -> list[S.SmallFile]:
+        """One run: ``first`` and other small files under ``base`` (``S.read_small_files``)."""
+        self._check(base)
+        return await self._call(S.read_small_files(base, first, exclude, file_max, batch_max, deep=deep),
+                                readonly=True)
+
     def _watched(self, remote_file: RemoteFile) -> RemoteFile:
         """Presigned reads of ``remote_file`` watched for answers like every other request."""
         return remote_file if self.live.outage_timeout is None else _WatchedFile(remote_file, self.live)

@@ -318,7 +318,7 @@ def _python(missing: int, body: str, *args: bytes) -> str:
 # -- fragments, scripts and output framing --------------------------------------------------
 
 Record = tuple[bytes, list[bytes]]
-ARITY = {b"A": 11, b"E": 12, b"V": 1, b"S": 8, b"P": 1, b"X": 1, b"C": 1}
+ARITY = {b"A": 11, b"E": 12, b"V": 1, b"S": 8, b"P": 1, b"X": 1, b"C": 1, b"R": 4}
 
 
 @dataclass(frozen=True, slots=True)
@@ -727,6 +727,93 @@ def read_small_or_stage(path: bytes, staging: bytes, inline_max: int) -> Fragmen
         '  ln -f -P -T -- "$p" "$s" 2>/dev/null || _t cp -f -- "$p" "$s"; printf "P\\0%s\\0" "$s"; fi',
         parse,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SmallFile:
+    """One file of a read-ahead: its path (relative to the base), the version read, its bytes."""
+
+    name: bytes
+    size: int
+    mtime_ns: int
+    content: bytes
+
+
+# Reads ``first`` (a path relative to the base directory), then the other regular files of
+# its directory, then (``deep``) those of the rest of the base's subtree, each directory's in
+# sorted order, leaving out the excluded relative paths: files of at most ``file_max`` bytes
+# while the total stays within ``batch_max``, looking at no more than ``entries_max`` entries.
+# A file whose size, mtime or inode moved while it was read is left out (never a mixed
+# version); one that cannot be read is skipped. Symlinks are never followed.
+_PY_READ_SMALL = """import stat
+base,first,lim,tot,deep,cap=a[0],a[1],int(a[2]),int(a[3]),a[4]==b'1',int(a[5])
+ex=set(a[6].split(b'\\0'))
+top=os.path.dirname(first)
+def listing(rel):
+    try:
+        with os.scandir(os.path.join(base,rel) if rel else base) as it:
+            return sorted((e.name,e.is_dir(follow_symlinks=False)) for e in it)
+    except OSError:
+        return []
+def walk():
+    yield first
+    for n,_ in listing(top):
+        yield os.path.join(top,n)
+    dirs=[b''] if deep else []
+    while dirs:
+        rel=dirs.pop(0)
+        for n,isdir in listing(rel):
+            r=os.path.join(rel,n)
+            if isdir:
+                if n!=b'.arkerfs':
+                    dirs.append(r)
+            elif rel!=top:
+                yield r
+got=0
+seen=set()
+for r in walk():
+    cap-=1
+    if cap<0:
+        break
+    if r in seen or r in ex and r!=first:
+        continue
+    seen.add(r)
+    p=os.path.join(base,r)
+    try:
+        s=os.lstat(p)
+        if not stat.S_ISREG(s.st_mode) or s.st_size>lim or got+s.st_size>tot:
+            continue
+        fd=os.open(p,os.O_RDONLY|os.O_NOFOLLOW|os.O_NONBLOCK|os.O_NOCTTY)
+        try:
+            b=bytearray()
+            while len(b)<=lim:
+                c=os.read(fd,lim+1-len(b))
+                if not c:
+                    break
+                b+=c
+            t=os.fstat(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        continue
+    if len(b)!=t.st_size or t.st_size!=s.st_size or t.st_mtime_ns!=s.st_mtime_ns or t.st_ino!=s.st_ino:
+        continue
+    got+=len(b)
+    out(b'R',r,str(t.st_size).encode(),str(t.st_mtime_ns).encode(),base64.b64encode(bytes(b)))
+"""
+
+
+def read_small_files(base: bytes, first: bytes, exclude: Sequence[bytes], file_max: int,
+                     batch_max: int, *, deep: bool = False, entries_max: int = 5000) -> Fragment:
+    """Small files under ``base``, ``first`` first (see ``_PY_READ_SMALL``); their names are
+    paths relative to ``base``. Exits ENOTSUP where python3 is absent."""
+    def parse(records: list[Record]) -> list[SmallFile]:
+        return [SmallFile(f[0], int(f[1]), int(f[2]), base64.b64decode(f[3]))
+                for tag, f in records if tag == b"R"]
+
+    return Fragment(_python(E.ENOTSUP, _PY_READ_SMALL, base, first, str(file_max).encode(),
+                            str(batch_max).encode(), b"1" if deep else b"0",
+                            str(entries_max).encode(), b"\0".join(exclude)), parse)
 
 
 def remove_staged(staging: bytes) -> Fragment:
