@@ -377,3 +377,26 @@ def test_mkdir_keeps_the_setgid_bit_inherited_from_its_parent(tmp_path):
     attrs = S.check_result(frag, outcome)
     os.mkdir(tmp_path / "shared" / "local", 0o750)  # what mkdir(2) does on a local disk
     assert stat.S_IMODE(attrs.mode) == stat.S_IMODE(os.stat(tmp_path / "shared" / "local").st_mode) == 0o2750
+
+
+def test_a_subtree_listing_gives_each_directory_whole_within_its_bound(tmp_path):
+    """list_tree: breadth first, each directory listed whole or not at all, hostile names exact,
+    the same attrs as list_dir."""
+    root = os.fsencode(tmp_path / "t")
+    os.makedirs(root + b"/a/deep/deeper")
+    for i, name in enumerate(NAMES[:8]):
+        with open(root + b"/a/" + name[:200], "wb") as f:
+            f.write(b"x" * i)
+    os.symlink(b"target", root + b"/link")
+    frag = S.list_tree(root)
+    own, tree = S.check_result(frag, run_local([frag])[0])
+    assert own.is_dir and set(tree) == {b"", b"a", b"a/deep", b"a/deep/deeper"}
+    assert sorted(e.name for e in tree[b"a"]) == sorted([b"deep"] + [n[:200] for n in NAMES[:8]])
+    _, listed = S.check_result(S.list_dir(root + b"/a"), run_local([S.list_dir(root + b"/a")])[0])
+    by_name = {e.name: e.attrs for e in tree[b"a"]}
+    for entry in listed:  # the same attrs, but a directory's atime (the tree read it since)
+        assert entry.attrs.is_dir or by_name[entry.name] == entry.attrs
+    assert {e.name: e.attrs.symlink_target for e in tree[b""]}[b"link"] == b"target"
+    bounded = S.list_tree(root, entries_max=2 + 9)  # room for t (2 entries) and a (9), not a/deep
+    _, tree = S.check_result(bounded, run_local([bounded])[0])
+    assert set(tree) == {b"", b"a"}

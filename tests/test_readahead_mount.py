@@ -1,8 +1,10 @@
 """Small-file read-ahead through real mounts, in both write modes: budgets of tree walks on a
 fresh mount (calls counted on the server, ``/_local/stats``) and correctness of what is read.
 
-A fresh mount knows nothing: a walk lists each directory once and reads each directory's small
-files in one run (``arkerfs.fs.readahead``), so contents cost about one call per directory.
+A fresh mount knows nothing: the first listing of a directory takes its subtree too (bounded,
+``VFS._list``), a lookup in a directory never listed lists it, and the first read of a small
+file brings its directory's and its parent subtree's small files in one run
+(``arkerfs.fs.readahead``): a walk of a tree costs a few calls in all.
 """
 
 from __future__ import annotations
@@ -51,15 +53,7 @@ def test_cat_of_200_small_files_in_one_directory(server, api, control, mode):
         assert calls(control) == {}
 
 
-# Contents cost one run for the whole tree (read-ahead); what is left over the budget is
-# listings, one per directory (measured 23 runs: 1 content run + the listings of t and its 20
-# directories + lookups), which recursive subtree listings (helper "listings") take away.
-SUBTREE_LISTINGS = pytest.mark.xfail(strict=True, reason=(
-    "needs recursive subtree listings: measured 23 runs for grep -r, 22 for cp -r, of which "
-    "1 is the content read-ahead and the rest one listing per directory"))
-
-
-@SUBTREE_LISTINGS
+# Contents cost one run for the whole tree (read-ahead), listings one for the subtree.
 @MODES
 def test_grep_r_over_300_files_in_20_directories(server, api, control, mode):
     vm = vm_with_tree(api, 20, 15)
@@ -70,7 +64,6 @@ def test_grep_r_over_300_files_in_20_directories(server, api, control, mode):
         assert sum(measured.values()) <= 10, measured
 
 
-@SUBTREE_LISTINGS
 @MODES
 def test_cp_r_out_of_300_files_in_20_directories(server, api, control, mode, tmp_path):
     vm = vm_with_tree(api, 20, 15)
@@ -82,9 +75,6 @@ def test_cp_r_out_of_300_files_in_20_directories(server, api, control, mode, tmp
     assert sh("grep", "-rc", "needle", str(tmp_path / "out")).count(":1") == 300
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs a lookup miss in an unlisted directory to list it (and subtree listings): measured 321 "
-    "runs, 1 content read-ahead and 320 lstat of names in directories the receiver never lists"))
 @MODES
 def test_rsync_checksum_dry_run_of_an_unchanged_300_file_tree(server, api, control, mode, tmp_path):
     vm = vm_with_tree(api, 20, 15)

@@ -412,6 +412,11 @@ class RemoteFS:
         """The directory's own attrs and every entry with its attrs (one run). ENOENT/ENOTDIR."""
         return await self._call(S.list_dir(self._check(path)), readonly=True)
 
+    async def list_tree(self, path: bytes) -> tuple[Attrs, dict[bytes, list[Entry]]]:
+        """The directory's attrs and its subtree's listings, breadth first, each directory whole,
+        bounded (one run; ``S.list_tree``). ENOTSUP where the VM has no python3."""
+        return await self._call(S.list_tree(self._check(path)), readonly=True)
+
     async def lstat(self, path: bytes) -> Attrs:
         """Attributes of ``path`` without following a final symlink. ENOENT."""
         return await self._call(S.lstat(self._check(path)), readonly=True)

@@ -318,7 +318,7 @@ def _python(missing: int, body: str, *args: bytes) -> str:
 # -- fragments, scripts and output framing --------------------------------------------------
 
 Record = tuple[bytes, list[bytes]]
-ARITY = {b"A": 11, b"E": 12, b"V": 1, b"S": 8, b"P": 1, b"X": 1, b"C": 1, b"R": 4}
+ARITY = {b"A": 11, b"E": 12, b"V": 1, b"S": 8, b"P": 1, b"X": 1, b"C": 1, b"R": 4, b"L": 1, b"T": 13}
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,6 +479,60 @@ def list_dir(path: bytes) -> Fragment:
         '_st "$p"',  # after the listing, whose read may have moved the directory's atime
         _listing,
     )
+
+
+TREE_ENTRIES_MAX = 5000  # entries of one subtree listing: about 500 KB of output (PROTOCOL §7.6)
+
+
+def list_tree(path: bytes, entries_max: int = TREE_ENTRIES_MAX) -> Fragment:
+    """``path`` and the directories below it, breadth first, each listed whole (an ``L``
+    record, then a ``T`` record per entry: its directory relative to ``path``, its name, its
+    attrs as ``list_dir`` gives them) while the total stays within ``entries_max``; ``path``
+    itself always. Parsed: (path's attrs, {relative directory: entries}). Without python3:
+    ENOTSUP (the caller lists one directory at a time)."""
+    code = """
+import stat
+T={stat.S_IFREG:b'f',stat.S_IFDIR:b'd',stat.S_IFLNK:b'l',stat.S_IFIFO:b'p',stat.S_IFSOCK:b's',stat.S_IFBLK:b'b',stat.S_IFCHR:b'c'}
+def tm(n):
+    x,y=divmod(n,10**9); return b'%d.%09d0'%(x,y)
+def attrs(s,full):
+    k=stat.S_IFMT(s.st_mode)
+    return (T.get(k,b'?'),b'%o'%(s.st_mode&0o7777),b'%d'%s.st_size,b'%d'%s.st_nlink,b'%d'%s.st_uid,b'%d'%s.st_gid,
+            tm(s.st_atime_ns),tm(s.st_mtime_ns),tm(s.st_ctime_ns),b'%d'%s.st_ino,os.readlink(full) if k==stat.S_IFLNK else b'')
+root,cap,hide=a[0],int(a[1]),a[2]==b'1'
+s=os.lstat(root)
+if not stat.S_ISDIR(s.st_mode): sys.exit(20)
+queue,n=[b''],0
+while queue:
+    rel=queue.pop(0); full=root+b'/'+rel if rel else root
+    try: names=os.listdir(full)
+    except OSError:
+        if not rel: raise
+        continue
+    if rel and n+len(names)>cap: break
+    n+=len(names); out(b'L',rel)
+    for name in names:
+        if hide and not rel and name==b'.arkerfs': continue
+        f=full+b'/'+name
+        try: e=os.lstat(f)
+        except FileNotFoundError: continue
+        out(b'T',rel,name,*attrs(e,f))
+        if stat.S_ISDIR(e.st_mode): queue.append(rel+b'/'+name if rel else name)
+out(b'A',*attrs(os.lstat(root),root))
+"""
+    hide = b"1" if path == HOME_B else b"0"
+    return Fragment(_python(E.ENOTSUP, code, path, str(entries_max).encode(), hide), _tree)
+
+
+def _tree(records: list[Record]) -> tuple[Attrs, dict[bytes, list[Entry]]]:
+    own = _attrs(records)
+    tree: dict[bytes, list[Entry]] = {}
+    for tag, fields in records:
+        if tag == b"L":
+            tree[fields[0]] = []
+        elif tag == b"T" and fields[2] in _TYPE_BITS:
+            tree[fields[0]].append(Entry(fields[1], parse_attrs(fields[2:])))
+    return own, tree
 
 
 def readlink(path: bytes) -> Fragment:

@@ -7,7 +7,8 @@ decides how many round trips each operation costs:
 - ``lookup``/``getattr``: 0 calls when cached (own entry, parent's listing, negative entry).
   Once expired: one ``list_dir`` of the directory itself if it is one we listed before, else
   of the parent if the parent was listed before (shared by every sibling and absent name: N
-  siblings cost one call per TTL period, not N), else one ``lstat``.
+  siblings cost one call per TTL period, not N), else one ``lstat``. A miss in a directory
+  never listed lists it too (one call for all its names) unless its size says it is large.
 - ``readdir``: one ``list_dir`` per opendir (re-taken on rewind), which fills the attribute
   cache so the entries' stats cost nothing afterwards.
 - reads: one sync read on first use of a version (``content``; a large one then costs a few
@@ -66,6 +67,9 @@ NAME_MAX = 255
 # An expired entry is refreshed by re-listing its directory only up to this many entries; a
 # larger directory is not re-listed to answer for one name (one lstat instead).
 REFRESH_LISTING_MAX = 4096
+# A lookup in a directory never listed lists it when its st_size is at most this (ext4: about
+# 4,000 entries of short names); a larger one answers with an lstat per name.
+FIRST_LISTING_MAX_BYTES = 128 * 1024
 # The sync state of a file (see ``sync_state``): answered by the mount, never stored in the VM,
 # not listed (so cp -a/rsync -X never copy it), and refused by setxattr/removexattr.
 STATE_XATTR = b"user.arkerfs.state"
@@ -113,6 +117,7 @@ class VFS:
         self.cache = MetaCache(options.cache_ttl, timer=timer)
         self.content = ContentCache(remote.open_read, spool_dir, options.content_cache_bytes)
         self.readahead = ReadAhead(remote, self.content)
+        self._subtrees = hasattr(remote, "list_tree")  # off for good where the VM has no python3
         self.rescued: list[str] = []  # rescue files written during this mount
         self._flights = SingleFlight()
         self._files: dict[int, OpenFile] = {}
@@ -704,8 +709,8 @@ class VFS:
         self.meta_misses += 1
         source = self._refresh_source(path)
         if source is not None:
-            try:
-                dir_attrs, entries = await self._list(source, refresh=True)
+            try:  # a directory never listed: its subtree too (a cold walk goes on below it)
+                dir_attrs, entries = await self._list(source, refresh=self.cache.listed_size(source) is not None)
             except FsError as exc:
                 if exc.errno not in _NOT_LISTABLE:
                     raise  # the remote is in trouble (EIO...): an lstat would only fail the same way
@@ -733,12 +738,18 @@ class VFS:
         if it is a directory we listed before (the listing carries its own attrs and refreshes
         its entries, which whoever needs the directory's attrs is usually about to use; the root
         is refreshed this way), else its parent if the parent was listed before (one listing
-        refreshes every sibling and answers absent names too); None (ask with one lstat)
-        otherwise, or when the directory was too large to re-list for one name."""
+        refreshes every sibling and answers absent names too) or was never listed and is not
+        large; None (ask with one lstat) otherwise, or when the directory was too large to
+        re-list for one name."""
         for source in (path, parent_of(path)):
             size = self.cache.listed_size(source)
             if size is not None and size <= REFRESH_LISTING_MAX:
                 return source
+        # a parent never listed is listed once (not one lstat per sibling: git, rsync and
+        # make look up every name of a directory) unless its size says it is a large one
+        parent = self.cache.attrs(parent_of(path))
+        if parent is not None and parent.is_dir and parent.size <= FIRST_LISTING_MAX_BYTES:
+            return parent_of(path)
         return None
 
     def _listed_attrs(self, path: bytes, source: bytes, dir_attrs: Attrs, entries: list[Entry]) -> Attrs:
@@ -764,16 +775,40 @@ class VFS:
         return (await self._list(path))[1]
 
     async def _list(self, path: bytes, *, refresh: bool = False) -> tuple[Attrs, list[Entry]]:
-        """One ``list_dir`` (single-flight per directory), stored in the cache. A ``refresh``
-        (for one expired name) leaves the still-fresh entries as they are (see ``store_listing``)."""
+        """One listing (single-flight per directory), stored in the cache: of the directory and
+        its subtree (bounded, ``list_tree``) when it is listed for the first time since its
+        listing expired or never was, so a cold walk of a tree costs a call or two, not one per
+        directory. A ``refresh`` (for one expired name) lists the directory alone and leaves the
+        still-fresh entries as they are (see ``store_listing``)."""
 
         async def fill() -> tuple[Attrs, list[Entry]]:
             generation = self.cache.generation
+            if not refresh and self._subtrees:
+                try:
+                    attrs, tree = await self.remote.list_tree(path)
+                except FsError as exc:
+                    if exc.errno != errno.ENOTSUP:
+                        raise
+                    log.info("no python3 in the VM: directories are listed one at a time")
+                    self._subtrees = False
+                else:
+                    self._store_tree(path, attrs, tree, generation)
+                    return attrs, tree[b""]
             attrs, entries = await self.remote.list_dir(path)
             self.cache.store_listing(path, attrs, entries, generation, keep_fresh=refresh)
             return attrs, entries
 
         return await self._flights.do(("list", path), fill)
+
+    def _store_tree(self, path: bytes, attrs: Attrs, tree: dict[bytes, list[Entry]], generation: int) -> None:
+        """Every listing of a subtree (breadth first: a directory's attrs come with its parent's)."""
+        dirs = {path: attrs}
+        for rel, entries in tree.items():
+            directory = path + b"/" + rel if rel else path
+            if directory not in dirs:
+                continue
+            self.cache.store_listing(directory, dirs[directory], entries, generation)
+            dirs.update((directory + b"/" + e.name, e.attrs) for e in entries if e.attrs.is_dir)
 
     def _open_file(self, ino: int) -> OpenFile:
         file = self._files.get(ino)

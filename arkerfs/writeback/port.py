@@ -87,6 +87,20 @@ class WriteBack:
         dir_attrs, entries = await self.remote.list_dir(path)
         return (attrs if decided else dir_attrs), self.overlay.merged(path, entries)
 
+    async def list_tree(self, path: bytes) -> tuple[Attrs, dict[bytes, list[Entry]]]:
+        """``remote.list_tree`` seen through the overlay: while anything below ``path`` is
+        pending, only ``path`` itself (its merged listing), as ``list_dir`` gives it."""
+        below = path + b"/"
+        if path in self.overlay.fresh or any(p.startswith(below) for p in self.overlay.nodes):
+            attrs, entries = await self.list_dir(path)
+            return attrs, {b"": entries}
+        decided, attrs = self.overlay.known(path)
+        if decided and attrs is None:
+            raise FsError(errno.ENOENT, "removed here (not yet pushed)")
+        dir_attrs, tree = await self.remote.list_tree(path)
+        tree[b""] = self.overlay.merged(path, tree.get(b"", []))
+        return (attrs if decided else dir_attrs), tree
+
     def decided(self, path: bytes) -> tuple[bool, Attrs | None]:
         """What the overlay says of ``path``, without a call: (False, None) when the VM decides."""
         return self.overlay.known(path)
