@@ -1,0 +1,52 @@
+"""Cold walks through real mounts, in both write modes: the first listing of a directory takes
+its subtree (``VFS._list``, ``shell.list_tree``), a lookup in a directory never listed lists
+it. Calls counted on the server (``/_local/stats``) on a fresh mount."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.conftest import WRITE_MODES
+from tests.mountutil import mounted
+
+LONG_TTL = ("--cache-ttl", "600")  # nothing expires during a measurement
+MODES = pytest.mark.parametrize("mode", list(WRITE_MODES))
+GIT_ENV = ("GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@t "
+           "GIT_COMMITTER_NAME=t GIT_COMMITTER_EMAIL=t@t")
+
+
+def sh(*cmd: str, cwd: str | None = None) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=cwd,
+                          env={"PATH": "/usr/bin:/bin", "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",
+                               "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory",
+                               "GIT_CONFIG_VALUE_0": "*"}).stdout
+
+
+def calls(control) -> int:
+    return sum(control.nonzero_calls().values())
+
+
+@MODES
+def test_find_ls_over_2000_files_in_100_directories(server, api, control, mode):
+    vm = api.fork()
+    api.sh(vm, "cd /home/user && for d in $(seq -w 1 100); do mkdir -p t/d$d; "
+               "for f in $(seq -w 1 20); do : > t/d$d/f$f; done; done")
+    with mounted(server, *WRITE_MODES[mode], *LONG_TTL, vm_id=vm) as m:
+        control.reset_stats()
+        listed = sh("find", m.p("t"), "-ls").splitlines()
+        assert len(listed) == 2101  # t, 100 directories, 2000 files
+        assert calls(control) <= 3, control.nonzero_calls()
+
+
+@MODES
+def test_cold_git_status_of_a_500_file_repository(server, api, control, mode):
+    vm = api.fork()
+    api.sh(vm, f"cd /home/user && mkdir repo && cd repo && git init -q && for d in $(seq -w 1 20); do mkdir d$d; "
+               "for f in $(seq -w 1 25); do echo \"$d $f\" > d$d/f$f; done; done && "
+               f"{GIT_ENV} git add -A && {GIT_ENV} git commit -qm init")
+    with mounted(server, *WRITE_MODES[mode], *LONG_TTL, vm_id=vm) as m:
+        control.reset_stats()
+        assert sh("git", "status", "--porcelain", cwd=m.p("repo")) == ""
+        assert calls(control) <= 8, control.nonzero_calls()
