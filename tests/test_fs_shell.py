@@ -400,3 +400,26 @@ def test_a_subtree_listing_gives_each_directory_whole_within_its_bound(tmp_path)
     bounded = S.list_tree(root, entries_max=2 + 9)  # room for t (2 entries) and a (9), not a/deep
     _, tree = S.check_result(bounded, run_local([bounded])[0])
     assert set(tree) == {b"", b"a"}
+
+
+def test_a_large_directory_is_listed_in_pages_of_whole_entries(tmp_path):
+    """list_dir stops past its limit (the caller then pages); list_dir_page gives byte-sorted
+    pages after a name, hostile names exact, and says when more follow."""
+    root = os.fsencode(tmp_path / "big")
+    os.mkdir(root)
+    names = sorted([b"f%03d" % i for i in range(20)] + [n[:200] for n in NAMES[:5]])
+    for name in names:
+        open(root + b"/" + name, "wb").close()
+    _, first = call(S.list_dir(root, limit=10))
+    assert len(first) == 11  # one more than the limit: "page it"
+    _, whole = call(S.list_dir(root, limit=None))
+    assert sorted(e.name for e in whole) == names
+    listed, after, more = [], None, True
+    while more:
+        _, page, more = call(S.list_dir_page(root, after, limit=10))
+        assert len(page) <= 10
+        listed += page
+        after = page[-1].name
+    assert [e.name for e in listed] == names
+    assert {e.name: e.attrs for e in listed} == {e.name: e.attrs for e in whole}
+    assert errno_of(S.list_tree(root, entries_max=10)) == E.E2BIG

@@ -4,6 +4,7 @@ it. Calls counted on the server (``/_local/stats``) on a fresh mount."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -50,3 +51,18 @@ def test_cold_git_status_of_a_500_file_repository(server, api, control, mode):
         control.reset_stats()
         assert sh("git", "status", "--porcelain", cwd=m.p("repo")) == ""
         assert calls(control) <= 8, control.nonzero_calls()
+
+
+@MODES
+def test_a_directory_of_100000_entries_lists_whole_in_pages(server, api, control, mode):
+    vm = api.fork()
+    api.sh(vm, "mkdir /home/user/big && cd /home/user/big && "
+               "python3 -c 'import os\nfor i in range(100000): os.close(os.open(\"f%06d\" % i, os.O_CREAT|os.O_WRONLY))'")
+    with mounted(server, *WRITE_MODES[mode], *LONG_TTL, vm_id=vm) as m:
+        control.reset_stats()
+        names = os.listdir(m.p("big"))
+        assert len(names) == 100000 and set(names) == {"f%06d" % i for i in range(100000)}
+        # the subtree listing gives way (1), then a first run and 13 pages of at most 8,000
+        assert calls(control) <= 16, control.nonzero_calls()
+        assert os.stat(m.p("big", "f099999")).st_size == 0  # from the listing: no call
+        assert calls(control) <= 16

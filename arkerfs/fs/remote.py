@@ -409,8 +409,24 @@ class RemoteFS:
 
     # -- metadata -------------------------------------------------------------------------
     async def list_dir(self, path: bytes) -> tuple[Attrs, list[Entry]]:
-        """The directory's own attrs and every entry with its attrs (one run). ENOENT/ENOTDIR."""
-        return await self._call(S.list_dir(self._check(path)), readonly=True)
+        """The directory's own attrs and every entry with its attrs: one run, or one run per
+        ``S.LIST_PAGE`` entries for a larger directory, so no listing outgrows what a run may
+        print (PROTOCOL.md §7.6). ENOENT/ENOTDIR."""
+        path = self._check(path)
+        attrs, entries = await self._call(S.list_dir(path), readonly=True)
+        if len(entries) <= S.LIST_PAGE:
+            return attrs, entries
+        try:
+            attrs, entries, more = await self._call(S.list_dir_page(path, None), readonly=True)
+        except FsError as exc:
+            if exc.errno != E.ENOTSUP:
+                raise
+            log.warning("no python3 in the VM: %r is listed in one run, whatever its size", path)
+            return await self._call(S.list_dir(path, limit=None), readonly=True)
+        while more and entries:
+            _, page, more = await self._call(S.list_dir_page(path, entries[-1].name), readonly=True)
+            entries += page
+        return attrs, entries
 
     async def list_tree(self, path: bytes) -> tuple[Attrs, dict[bytes, list[Entry]]]:
         """The directory's attrs and its subtree's listings, breadth first, each directory whole,

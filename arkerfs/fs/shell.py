@@ -318,7 +318,7 @@ def _python(missing: int, body: str, *args: bytes) -> str:
 # -- fragments, scripts and output framing --------------------------------------------------
 
 Record = tuple[bytes, list[bytes]]
-ARITY = {b"A": 11, b"E": 12, b"V": 1, b"S": 8, b"P": 1, b"X": 1, b"C": 1, b"R": 4, b"L": 1, b"T": 13}
+ARITY = {b"A": 11, b"E": 12, b"V": 1, b"S": 8, b"P": 1, b"X": 1, b"C": 1, b"R": 4, b"L": 1, b"T": 13, b"M": 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,17 +468,62 @@ def lstat(path: bytes) -> Fragment:
     return Fragment(f"p={quote(path)}; _st \"$p\"", _attrs)
 
 
-def list_dir(path: bytes) -> Fragment:
+# Entries of one listing run: about 800 KB of output (arkerfs relies on about 1 MiB, §7.6);
+# a larger directory is listed in pages (``list_dir_page``).
+LIST_PAGE = 8000
+
+
+def list_dir(path: bytes, limit: int | None = LIST_PAGE) -> Fragment:
+    """The directory's entries and its attrs; with ``limit``, at most ``limit + 1`` entries
+    (more than ``limit``: the directory is listed again in pages)."""
     hide = " ! -name .arkerfs" if path == HOME_B else ""
+    # 13 NUL-terminated fields per entry record
+    cap = "" if limit is None else f" | head -z -n {13 * (limit + 1)}"
     return Fragment(
         f"p={quote(path)}; _x \"$p\" || _ne \"$p\"\n"
         '{ [ -d "$p" ] && [ ! -L "$p" ]; } || exit 20\n'
         '[ -r "$p" ] && [ -x "$p" ] || exit 13\n'
-        f'find "$p" -mindepth 1 -maxdepth 1{hide} -printf "E\\0%f\\0$F" 2>/dev/null'
+        f'set -o pipefail; find "$p" -mindepth 1 -maxdepth 1{hide} -printf "E\\0%f\\0$F" 2>/dev/null{cap}'
         ' || { _x "$p" || _ne "$p"; }\n'
         '_st "$p"',  # after the listing, whose read may have moved the directory's atime
         _listing,
     )
+
+
+def list_dir_page(path: bytes, after: bytes | None, limit: int = LIST_PAGE) -> Fragment:
+    """Up to ``limit`` entries of the directory whose names sort after ``after`` (None: from
+    the first), in byte order, and its attrs. Parsed: (attrs, entries, more). Without python3:
+    ENOTSUP."""
+    code = """
+import stat
+T={stat.S_IFREG:b'f',stat.S_IFDIR:b'd',stat.S_IFLNK:b'l',stat.S_IFIFO:b'p',stat.S_IFSOCK:b's',stat.S_IFBLK:b'b',stat.S_IFCHR:b'c'}
+def tm(n):
+    x,y=divmod(n,10**9); return b'%d.%09d0'%(x,y)
+def attrs(s,full):
+    k=stat.S_IFMT(s.st_mode)
+    return (T.get(k,b'?'),b'%o'%(s.st_mode&0o7777),b'%d'%s.st_size,b'%d'%s.st_nlink,b'%d'%s.st_uid,b'%d'%s.st_gid,
+            tm(s.st_atime_ns),tm(s.st_mtime_ns),tm(s.st_ctime_ns),b'%d'%s.st_ino,os.readlink(full) if k==stat.S_IFLNK else b'')
+import bisect
+p,after,limit,hide=a[0],a[1],int(a[2]),a[3]==b'1'
+if not stat.S_ISDIR(os.lstat(p).st_mode): sys.exit(20)
+names=sorted(n for n in os.listdir(p) if not (hide and n==b'.arkerfs'))
+start=bisect.bisect_right(names,after) if a[4]==b'1' else 0
+for name in names[start:start+limit]:
+    f=p+b'/'+name
+    try: e=os.lstat(f)
+    except FileNotFoundError: continue
+    out(b'E',name,*attrs(e,f))
+out(b'M',b'1' if start+limit<len(names) else b'0')
+out(b'A',*attrs(os.lstat(p),p))
+"""
+    hide = b"1" if path == HOME_B else b"0"
+    return Fragment(_python(E.ENOTSUP, code, path, after or b"", str(limit).encode(), hide,
+                            b"1" if after is not None else b"0"), _page)
+
+
+def _page(records: list[Record]) -> tuple[Attrs, list[Entry], bool]:
+    attrs, entries = _listing(records)
+    return attrs, entries, only(records, b"M")[0] == b"1"
 
 
 TREE_ENTRIES_MAX = 5000  # entries of one subtree listing: about 500 KB of output (PROTOCOL §7.6)
@@ -488,8 +533,9 @@ def list_tree(path: bytes, entries_max: int = TREE_ENTRIES_MAX) -> Fragment:
     """``path`` and the directories below it, breadth first, each listed whole (an ``L``
     record, then a ``T`` record per entry: its directory relative to ``path``, its name, its
     attrs as ``list_dir`` gives them) while the total stays within ``entries_max``; ``path``
-    itself always. Parsed: (path's attrs, {relative directory: entries}). Without python3:
-    ENOTSUP (the caller lists one directory at a time)."""
+    itself always (E2BIG when it alone has more: it is listed in pages). Parsed: (path's attrs,
+    {relative directory: entries}). Without python3: ENOTSUP (the caller lists one directory at
+    a time)."""
     code = """
 import stat
 T={stat.S_IFREG:b'f',stat.S_IFDIR:b'd',stat.S_IFLNK:b'l',stat.S_IFIFO:b'p',stat.S_IFSOCK:b's',stat.S_IFBLK:b'b',stat.S_IFCHR:b'c'}
@@ -509,6 +555,7 @@ while queue:
     except OSError:
         if not rel: raise
         continue
+    if not rel and len(names)>cap: sys.exit(7)
     if rel and n+len(names)>cap: break
     n+=len(names); out(b'L',rel)
     for name in names:

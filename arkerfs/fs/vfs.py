@@ -787,10 +787,11 @@ class VFS:
                 try:
                     attrs, tree = await self.remote.list_tree(path)
                 except FsError as exc:
-                    if exc.errno != errno.ENOTSUP:
+                    if exc.errno == errno.ENOTSUP:
+                        log.info("no python3 in the VM: directories are listed one at a time")
+                        self._subtrees = False
+                    elif exc.errno != errno.E2BIG:  # E2BIG: too large for a subtree, listed in pages
                         raise
-                    log.info("no python3 in the VM: directories are listed one at a time")
-                    self._subtrees = False
                 else:
                     self._store_tree(path, attrs, tree, generation)
                     return attrs, tree[b""]
