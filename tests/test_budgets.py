@@ -34,8 +34,9 @@ LONG_TTL = ("--cache-ttl", "600")  # nothing expires during a measurement
 
 
 def mounted(server, *args, **kwargs):
-    """Write-through mounts: these are its budgets (write-back's: tests/test_writeback_mount.py)."""
-    return mounted_in_the_default_mode(server, "--write-through", *args, **kwargs)
+    """Write-through mounts: these are its budgets (write-back's: tests/test_writeback_mount.py).
+    No change watcher: its long poll would land in a count at a moment no test controls."""
+    return mounted_in_the_default_mode(server, "--write-through", "--no-watch", *args, **kwargs)
 
 
 def sh(*cmd: str, cwd: str | None = None) -> str:

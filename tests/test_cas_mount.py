@@ -211,7 +211,7 @@ def test_the_mounts_own_changes_never_conflict(server, api, mode):
 def test_write_through_close_is_one_install_run_that_sets_mode_and_times(server, api, control):
     """The version check rides on the run that installs the content: a small file costs one
     run at close, mode and futimens included; a large one one upload plus that run."""
-    with mounted(server, "--write-through", "--cache-ttl", "600") as m:
+    with mounted(server, "--write-through", "--cache-ttl", "600", "--no-watch") as m:
         fd = os.open(m.p("x.sh"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         control.reset_stats()
         try:

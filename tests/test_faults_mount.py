@@ -110,7 +110,7 @@ def workload(m, tag: str, rng: random.Random, *, big: bool = False) -> dict[str,
 def test_503_storm_throttling_and_busy_are_ridden_out_byte_exact(server, api, control, mode):
     rng = random.Random(2026)
     expected: dict[str, bytes] = {}
-    with mounted(server, *WRITE_MODES[mode]) as m:
+    with mounted(server, "--no-watch", *WRITE_MODES[mode]) as m:
         allow(m, *RETRY_NOISE)
         control.reset_stats()
         control.set_faults(fail_rate=0.3, seed=11)  # 503 storm
@@ -143,7 +143,7 @@ def test_503_storm_throttling_and_busy_are_ridden_out_byte_exact(server, api, co
 def test_run_timeout_is_eio_and_the_mount_stays_alive(server, api, control, mode):
     vm = api.fork()
     api.sh(vm, "mkdir /home/user/d && echo x > /home/user/d/inside")
-    with mounted(server, *WRITE_MODES[mode], "--run-timeout", "1", vm_id=vm) as m:
+    with mounted(server, "--no-watch", *WRITE_MODES[mode], "--run-timeout", "1", vm_id=vm) as m:
         allow(m, *RETRY_NOISE, r"ERROR arkerfs\.fs\.remote: run did not complete")
         control.set_faults(run_stall_ms=30_000)  # every command hangs 30 s; the run limit is 1 s
         started = time.monotonic()
@@ -168,7 +168,7 @@ def test_a_batch_that_acted_then_failed_is_sent_again_with_the_same_result(serve
     (the file already is that version, the rename already happened), so the VM ends up as if the
     batch had run once."""
     once = seed_for(0.5, [True] + [False] * 12)
-    with mounted(server, "--write-back") as m:
+    with mounted(server, "--no-watch", "--write-back") as m:
         allow(m, *RETRY_NOISE)
         write(m.p("a"), b"payload")
         api.read_file(m.vm_id, "/home/user/a")  # pushed
@@ -187,7 +187,7 @@ def test_a_batch_that_acted_then_failed_is_sent_again_with_the_same_result(serve
 @pytest.mark.parametrize("mode", ["write-through"])  # write-back: the test above
 def test_acted_then_failed_requests_are_reconciled_not_replayed(server, api, control, mode):
     once = seed_for(0.5, [True] + [False] * 12)  # only the first request fails (after acting)
-    with mounted(server, *WRITE_MODES[mode]) as m:
+    with mounted(server, "--no-watch", *WRITE_MODES[mode]) as m:
         allow(m, *RETRY_NOISE)
         write(m.p("a"), b"payload")
         os.mkdir(m.p("dir"))
@@ -234,7 +234,7 @@ def test_expired_presigned_read_url_is_requested_again(tmp_path, mode):
         vm = api.fork()
         data = random.Random(5).randbytes(3 * MB)
         api.write_file(vm, "/home/user/big", data)
-        with mounted(srv, *WRITE_MODES[mode], vm_id=vm) as m:
+        with mounted(srv, "--no-watch", *WRITE_MODES[mode], vm_id=vm) as m:
             with open(m.p("big"), "rb") as f:
                 srv.control.reset_stats()
                 assert f.read(100) == data[:100]
@@ -255,7 +255,7 @@ def test_large_upload_failing_at_close_keeps_old_remote_and_rescues_new(server, 
     vm = api.fork()
     api.write_file(vm, "/home/user/doc", old)
     # write-through: close() uploads and reports (write-back: test_mount's upload_failure_in_write_back)
-    with mounted(server, "--write-through", vm_id=vm) as m:
+    with mounted(server, "--no-watch", "--write-through", vm_id=vm) as m:
         allow(m, *RETRY_NOISE, r"ERROR arkerfs\.fs\.vfs: unsent data of /home/user/doc saved to ")
         m.expect_exit = exitcodes.PENDING  # the daemon reports the rescued file at unmount
         fd = os.open(m.p("doc"), os.O_WRONLY | os.O_TRUNC)

@@ -12,7 +12,8 @@ import pytest
 from tests.conftest import WRITE_MODES
 from tests.mountutil import mounted
 
-LONG_TTL = ("--cache-ttl", "600")  # nothing expires during a measurement
+# nothing expires during a measurement, and nothing but the workload calls (no change watcher)
+LONG_TTL = ("--cache-ttl", "600", "--no-watch")
 MODES = pytest.mark.parametrize("mode", list(WRITE_MODES))
 GIT_ENV = ("GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@t "
            "GIT_COMMITTER_NAME=t GIT_COMMITTER_EMAIL=t@t")

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from arkerfs import exitcodes
-from tests.conftest import WRITE_BACK_ONLY, WRITE_MODES, WRITE_THROUGH_ONLY
+from tests.conftest import NO_WATCH, WRITE_BACK_ONLY, WRITE_MODES, WRITE_THROUGH_ONLY
 from tests.mountutil import mounted
 
 MB = 1024 * 1024
@@ -41,7 +41,7 @@ def read(path: str) -> bytes:
 def test_ls_l_costs_one_listing_and_entry_stats_cost_nothing(server, api, control, mode):
     vm = api.fork()
     api.sh(vm, "mkdir /home/user/many && cd /home/user/many && for i in $(seq 30); do echo $i > f$i; done")
-    with mounted(server, *WRITE_MODES[mode], vm_id=vm) as m:
+    with mounted(server, *WRITE_MODES[mode], "--no-watch", vm_id=vm) as m:
         os.stat(m.p("many"))  # the lookup of the directory itself is not what we measure
         control.reset_stats()
         listing = sh("ls", "-l", m.p("many"))
@@ -52,6 +52,7 @@ def test_ls_l_costs_one_listing_and_entry_stats_cost_nothing(server, api, contro
         assert control.nonzero_calls() == {"run": 1}
 
 
+@NO_WATCH
 def test_create_write_read_append_overwrite_truncate(m, api, control):
     f = m.p("notes.txt")
     control.reset_stats()
@@ -109,7 +110,7 @@ def test_six_megabytes_byte_exact_both_ways(server, api, control, mode):
     vm = api.fork()
     down = os.urandom(6 * MB + 123)
     api.write_file(vm, "/home/user/down.bin", down)
-    with mounted(server, *WRITE_MODES[mode], vm_id=vm) as m:
+    with mounted(server, *WRITE_MODES[mode], "--no-watch", vm_id=vm) as m:
         up = os.urandom(6 * MB)
         write(m.p("up.bin"), up)
         assert api.read_file(m.vm_id, "/home/user/up.bin") == up

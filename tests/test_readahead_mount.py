@@ -18,7 +18,8 @@ import pytest
 from tests.conftest import WRITE_MODES
 from tests.mountutil import mounted
 
-LONG_TTL = ("--cache-ttl", "600")  # nothing expires during a measurement
+# nothing expires during a measurement, and nothing but the workload calls (no change watcher)
+LONG_TTL = ("--cache-ttl", "600", "--no-watch")
 MODES = pytest.mark.parametrize("mode", list(WRITE_MODES))
 
 

@@ -108,6 +108,14 @@ def test_timeout_kills_the_whole_sandbox(api, vm, server):
     assert not (home_of(server, vm) / "late").exists()
 
 
+def test_a_run_longer_than_ten_seconds_completes(api, vm):
+    # the sandbox dies with the thread that forked it: trio's worker threads exit after 10 s
+    # idle, so forking there SIGKILLed every longer run (exit 137)
+    time.sleep(0.1)  # let a worker thread of an earlier request go idle first
+    body = run(api, vm, "sleep 11; echo done", timeout=30)
+    assert (body["exit_code"], body["stdout"]) == (0, "done\n")
+
+
 def test_background_children_end_with_the_command(api, vm, server):
     body = run(api, vm, "(sleep 1; touch /home/user/late) & echo started")
     assert body["stdout"] == "started\n"

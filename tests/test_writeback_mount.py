@@ -20,7 +20,7 @@ import time
 from tests.mountutil import mounted
 from tests.test_tools_apps import HOME, SIZE_FMT, TREE_FMT, run, tree_lines, vim
 
-WRITE_BACK = ("--write-back", "--cache-ttl", "600")
+WRITE_BACK = ("--write-back", "--cache-ttl", "600", "--no-watch")  # no watcher: calls are counted
 
 
 def make_tree(root: str, dirs: int = 10, files: int = 30) -> str:

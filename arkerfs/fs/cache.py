@@ -5,7 +5,9 @@ coroutine objects). Fills are single-flight: concurrent misses for one key share
 call. The timer is injectable so tests can drive expiry without sleeping.
 
 Consistency model: an entry is trusted for ``ttl`` seconds after the remote reported it, so a
-change made inside the VM shows up here at most ``ttl`` later. The mount's own changes are
+change made inside the VM shows up here at most ``ttl`` later; while the change watcher runs
+(``mount.watcher``) ``ttl`` is long and its reports change the affected entries at once
+(``fs.vmchanges``). The mount's own changes are
 applied to the caches at once (``added``/``removed``/``renamed``), so they are never stale.
 
 Refresh by listing: the cache also remembers, beyond the TTL, which directories it has listed
@@ -24,7 +26,8 @@ dropped if it changed.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -101,13 +104,34 @@ class MetaCache:
                  max_entries: int = 200_000, max_listings: int = 4096) -> None:
         self.ttl = ttl
         self.generation = 0
-        self._attrs: cachetools.TTLCache = cachetools.TTLCache(max_entries, ttl, timer=timer)
-        self._negative: cachetools.TTLCache = cachetools.TTLCache(max_entries // 4 or 1, ttl, timer=timer)
+        # each entry expires ``ttl`` after it was stored, with the ttl of that moment
+        self._attrs = self._expiring(max_entries, timer)
+        self._negative = self._expiring(max_entries // 4 or 1, timer)
         # dir path -> {name: Attrs} in listing order
-        self._listings: cachetools.TTLCache = cachetools.TTLCache(max_listings, ttl, timer=timer)
+        self._listings = self._expiring(max_listings, timer)
         # dir path -> entry count when last listed (no TTL: it only says a listing is worth taking)
         self._listed: cachetools.LRUCache = cachetools.LRUCache(max_listings * 4)
         self._statfs: cachetools.TTLCache = cachetools.TTLCache(1, statfs_ttl, timer=timer)
+        # path -> the generation of the mount's last change to it (``changed_since``)
+        self._changed_at: cachetools.LRUCache = cachetools.LRUCache(max_entries // 2 or 1)
+        self._recording = True
+
+    def _expiring(self, maxsize: int, timer: Timer) -> cachetools.TLRUCache:
+        return cachetools.TLRUCache(maxsize, lambda _key, _value, now: now + self.ttl, timer=timer)
+
+    def set_ttl(self, ttl: float) -> None:
+        """Trust entries stored from now on for ``ttl`` seconds (the change watcher lengthens it
+        while it runs). Shortening it also forgets every entry stored under the longer one."""
+        if ttl < self.ttl:
+            self.forget_entries()
+        self.generation += 1  # a fill in flight read the VM before the switch: never stored
+        self.ttl = ttl
+
+    def forget_entries(self) -> None:
+        """Forget every attribute, absence and listing (not which directories were listed)."""
+        self.generation += 1
+        for cache in (self._attrs, self._negative, self._listings):
+            cache.clear()
 
     # -- reads ----------------------------------------------------------------------------
     def attrs(self, path: bytes) -> Attrs | None:
@@ -141,6 +165,15 @@ class MetaCache:
     def unlisted(self, path: bytes) -> None:
         """Forget that ``path`` was listed (it could not be listed again)."""
         self._listed.pop(path, None)
+
+    def cached_names(self, directory: bytes) -> set[bytes]:
+        """Every name in ``directory`` something is cached about. Scans the cache."""
+        listing = self._listings.get(directory)
+        names = set(listing) if listing is not None else set()
+        prefix = directory + b"/"
+        for cache in (self._attrs, self._negative):
+            names.update(name_of(k) for k in list(cache.keys()) if k.startswith(prefix) and parent_of(k) == directory)
+        return names
 
     def statfs(self) -> StatFs | None:
         return self._statfs.get("statfs")
@@ -179,7 +212,7 @@ class MetaCache:
     # -- the mount's own changes ----------------------------------------------------------
     def added(self, path: bytes, attrs: Attrs) -> None:
         """``path`` now exists with ``attrs`` (create, mkdir, upload, setattr...)."""
-        self.generation += 1
+        self._changed(path)
         self._attrs[path] = attrs
         self._negative.pop(path, None)
         listing = self._listings.get(parent_of(path))
@@ -188,7 +221,7 @@ class MetaCache:
 
     def removed(self, path: bytes, *, is_dir: bool = True) -> None:
         """``path`` is gone; anything cached below it too (scanned only when ``is_dir``)."""
-        self.generation += 1
+        self._changed(path)
         self._forget_subtree(path, is_dir)
         self._negative[path] = True
         listing = self._listings.get(parent_of(path))
@@ -232,7 +265,7 @@ class MetaCache:
             return
         now = time.time_ns() if when_ns is None else when_ns
         changed = replace(attrs, mtime_ns=now, ctime_ns=now, nlink=max(attrs.nlink + nlink_delta, 1))
-        self.generation += 1
+        self._changed(path)
         if path in self._attrs:
             self._attrs[path] = changed
         listing = self._listings.get(parent_of(path))
@@ -241,11 +274,29 @@ class MetaCache:
 
     def invalidate(self, path: bytes) -> None:
         """Forget everything known about ``path`` (and below): the next access asks the remote."""
-        self.generation += 1
+        self._changed(path)
         self._forget_subtree(path)
         listing = self._listings.get(parent_of(path))
         if listing is not None and name_of(path) in listing:
             del self._listings[parent_of(path)]
+
+    def _changed(self, path: bytes) -> None:
+        self.generation += 1
+        if self._recording:
+            self._changed_at[path] = self.generation
+
+    def changed_since(self, path: bytes, generation: int) -> bool:
+        """Whether the mount changed ``path`` after the cache was at ``generation``."""
+        return self._changed_at.get(path, 0) > generation
+
+    @contextmanager
+    def reporting(self) -> Iterator[None]:
+        """Changes made inside this block are the VM's (a watcher's report), not the mount's."""
+        self._recording = False
+        try:
+            yield
+        finally:
+            self._recording = True
 
     def names_of(self, remote_ino: int) -> set[bytes]:
         """Every cached name of the (hard-linked) remote file ``remote_ino``. Scans the cache."""
@@ -257,7 +308,7 @@ class MetaCache:
         return names
 
     def invalidate_listing(self, path: bytes) -> None:
-        self.generation += 1
+        self._changed(path)
         self._listings.pop(path, None)
 
     def clear(self) -> None:

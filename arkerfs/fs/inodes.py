@@ -69,6 +69,9 @@ class InodeTable:
     def __len__(self) -> int:
         return len(self._by_ino)
 
+    def numbers(self) -> list[int]:
+        return list(self._by_ino)
+
     def __contains__(self, ino: int) -> bool:
         return ino in self._by_ino
 
@@ -93,6 +96,10 @@ class InodeTable:
             parts.append(name)
             node = self.get(parent)
         return b"/".join([self.root_path, *reversed(parts)])
+
+    def names_in(self, parent: int) -> list[bytes]:
+        """The names known in directory ``parent``. Scans the table."""
+        return [name for (p, name) in list(self._by_link) if p == parent]
 
     def child_path(self, parent: int, name: bytes) -> bytes:
         return self.path(parent) + b"/" + name

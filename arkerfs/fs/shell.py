@@ -318,7 +318,9 @@ def _python(missing: int, body: str, *args: bytes) -> str:
 # -- fragments, scripts and output framing --------------------------------------------------
 
 Record = tuple[bytes, list[bytes]]
-ARITY = {b"A": 11, b"E": 12, b"V": 1, b"S": 8, b"P": 1, b"X": 1, b"C": 1, b"R": 4, b"L": 1, b"T": 13, b"M": 1}
+ARITY = {b"A": 11, b"E": 12, b"V": 1, b"S": 8, b"P": 1, b"X": 1, b"C": 1, b"R": 4, b"L": 1, b"T": 13, b"M": 1,
+         # the change watcher's (``vmwatch``)
+         b"U": 12, b"G": 1, b"D": 1, b"N": 1, b"Z": 4}
 
 
 @dataclass(frozen=True, slots=True)

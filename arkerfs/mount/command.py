@@ -40,7 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-base-url", help="base URL for listing VMs and name lookup (default: $ARKER_LIST_BASE_URL, else https://arker.ai for an Arker cloud --base-url, else --base-url)")
     parser.add_argument("--api-key-file", help="file holding the API key (mode 0600); default $ARKER_API_KEY")
     parser.add_argument("--cache-ttl", type=float, default=3.0, metavar="SECONDS",
-                        help="how long metadata read from the VM is trusted (default 3)")
+                        help="how long what was read from the VM is trusted without a live change "
+                             "watcher (default 3)")
+    parser.add_argument("--watch-ttl", type=float, default=60.0, metavar="SECONDS",
+                        help="how long it is trusted while the change watcher runs (default 60)")
+    parser.add_argument("--no-watch", dest="watch", action="store_false",
+                        help="no change watcher: changes made in the VM show up within --cache-ttl")
     parser.add_argument("--read-only", action="store_true", help="refuse every change (EROFS)")
     writes = parser.add_mutually_exclusive_group()
     writes.set_defaults(write_back=True)
@@ -102,6 +107,8 @@ def build_config(args: argparse.Namespace):
 
     if args.cache_ttl <= 0:
         raise CommandError("--cache-ttl must be positive")
+    if args.watch_ttl <= 0:
+        raise CommandError("--watch-ttl must be positive")
     if args.outage_timeout < 0:
         raise CommandError("--outage-timeout must not be negative")
     if args.run_timeout <= 0:
@@ -133,6 +140,8 @@ def build_config(args: argparse.Namespace):
         base_url=args.base_url,
         list_base_url=args.list_base_url,  # None: the SDK picks (arker.ai for a cloud region, else the base URL)
         cache_ttl=args.cache_ttl,
+        watch=args.watch,
+        watch_ttl=args.watch_ttl,
         read_only=args.read_only,
         write_back=args.write_back and not args.read_only,
         journal_max_bytes=args.journal_max_bytes,

@@ -26,7 +26,9 @@ class MountConfig:
     api_key: str | None = field(default=None, repr=False)  # never logged
     base_url: str | None = None
     list_base_url: str | None = None
-    cache_ttl: float = 3.0
+    cache_ttl: float = 3.0  # how long a cached entry is trusted without a live change watcher
+    watch: bool = True  # run the change watcher (``mount.watcher``)
+    watch_ttl: float = 60.0  # how long a cached entry is trusted while the watcher is live
     read_only: bool = False
     write_back: bool = True  # changes go to a journal under $XDG_STATE_HOME/arkerfs/<vm-id>/ first
     journal_max_bytes: int = 2 * 1024**3  # writers wait for pushes beyond this (and the free space)

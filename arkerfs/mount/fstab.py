@@ -29,6 +29,7 @@ VALUE_OPTIONS = {
     "base_url": "--base-url",
     "list_base_url": "--list-base-url",
     "cache_ttl": "--cache-ttl",
+    "watch_ttl": "--watch-ttl",
     "outage_timeout": "--outage-timeout",
     "connect_timeout": "--connect-timeout",
     "spool_dir": "--spool-dir",
@@ -39,7 +40,7 @@ VALUE_OPTIONS = {
 # option -> arkerfs mount flag
 FLAG_OPTIONS = {"ro": "--read-only", "local": "--local", "debug": "--debug", "show_remote_owner": "--show-remote-owner",
                 "transform_symlinks": "--transform-symlinks", "no_transform_symlinks": "--no-transform-symlinks",
-                "write_back": "--write-back", "write_through": "--write-through"}
+                "write_back": "--write-back", "write_through": "--write-through", "no_watch": "--no-watch"}
 # for mount(8), fstab or systemd only: nothing to do here
 DROPPED = {"rw", "defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "owner", "group"}
 DROPPED_PREFIXES = ("x-", "comment=")

@@ -35,9 +35,11 @@ Up, and [down]:
    ``fusermount3 -u``, an error: push what is still pending, rescue what cannot be pushed, within
    ``SHUTDOWN_PUSH_DEADLINE``; the unmount is clean only if serving ended without an error and
    nothing was given up or left];
-10. readiness, once the mount answers: the detaching parent (``ready``) and systemd
+10. change watcher (unless ``--no-watch``): the VM reports what changed in it, see
+    ``watcher`` [stopped first on the way down];
+11. readiness, once the mount answers: the detaching parent (``ready``) and systemd
     (``notify``: ``READY=1``; ``STOPPING=1`` when a drain starts);
-11. serving: ``pyfuse3.main()`` until unmounted or ended by step 7.
+12. serving: ``pyfuse3.main()`` until unmounted or ended by step 7.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ SHUTDOWN_PUSH_DEADLINE = 900.0  # seconds to push pending writes at unmount
 
 
 async def run(config: MountConfig, report, ready: Callable[[str | None], None]) -> runtime.MountResult:
-    """Steps 1-11 of the module doc, in order; returns once unmounted. ``report`` is the
+    """Steps 1-12 of the module doc, in order; returns once unmounted. ``report`` is the
     ``MountReport``; ``ready(None)`` is called once the mount is live. A mount that cannot be
     made raises MountError (inside trio's exception groups: ``daemon.run_mount`` unwraps it)."""
     outcome = runtime.MountResult(clean=False, rescued=[])  # set by the drain, written at the unmount
@@ -71,6 +73,7 @@ async def run(config: MountConfig, report, ready: Callable[[str | None], None]) 
         if config.local:
             await _local_server(stack, config)
         remote, listing = await _remote_checks(stack, config, report)
+        vm_remote = remote
         if config.write_back:
             remote = _journal_replay(stack, remote, report.vm_id, listing[0], config.journal_max_bytes)
         vfs = _filesystem(config, remote, listing, report)
@@ -80,6 +83,8 @@ async def run(config: MountConfig, report, ready: Callable[[str | None], None]) 
         if config.write_back:
             await _start_service(stack, remote.pusher.run)
         stack.push_async_exit(partial(_final_drain, vfs, give_up, report, outcome))
+        if config.watch:
+            await _start_service(stack, _change_watcher(config, vfs, vm_remote, report).run)
         _ready(config, report, ready)
         await _serve(give_up)
     return outcome
@@ -209,8 +214,19 @@ def _unmount(mountpoint: str, outcome: runtime.MountResult) -> None:
     log.info("unmounted %s (clean=%s, rescued=%d)", mountpoint, outcome.clean, len(outcome.rescued))
 
 
+def _change_watcher(config: MountConfig, vfs, vm_remote, report):
+    """Step 10 (unless ``--no-watch``): the VM reports its changes; stopped before the final
+    drain, so it never tells a kernel that has let go of the mount."""
+    from arkerfs.mount.watcher import Watcher, tell_kernel
+
+    watcher = Watcher(vfs, vm_remote, watch_ttl=config.watch_ttl, cache_ttl=config.cache_ttl,
+                      kernel=partial(tell_kernel, vfs))
+    report.watcher = watcher
+    return watcher
+
+
 def _ready(config: MountConfig, report, ready: Callable[[str | None], None]) -> None:
-    """Step 10: the mount is live; the systemd readiness hook (``Type=notify``) is here."""
+    """Step 11: the mount is live; the systemd readiness hook (``Type=notify``) is here."""
     log.info("mounted VM %s at %s", config.vm, config.mountpoint)
     ready(None)
     notify.ready(f"mounted VM {config.vm} at {config.mountpoint}")
@@ -218,7 +234,7 @@ def _ready(config: MountConfig, report, ready: Callable[[str | None], None]) -> 
 
 
 async def _serve(give_up: GiveUp) -> None:
-    """Step 11: answer the kernel until unmounted or terminated (step 7)."""
+    """Step 12: answer the kernel until unmounted or terminated (step 7)."""
     import pyfuse3
 
     with give_up.scope():  # giving up also cancels handlers still waiting on the API

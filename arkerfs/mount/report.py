@@ -24,6 +24,7 @@ class MountReport:
         self.problems = LastProblem()
         self.bytes_up = self.bytes_down = 0
         self.vfs = None  # set once the filesystem exists
+        self.watcher = None  # the change watcher, once started
         self.state = "connecting"  # connecting, serving, draining
         self._started = time.monotonic()
         self._started_wall = time.time()
@@ -62,8 +63,9 @@ class MountReport:
             "api": {"total": self.calls.total(), "calls": self.calls.snapshot(),
                     "bytes_up": self.bytes_up, "bytes_down": self.bytes_down},
             "caches": caches,
-            # No change watcher yet: a change made inside the VM shows up once its entry expires.
-            "watcher": {"state": "off", "why": f"not in this version; freshness rests on the {config.cache_ttl:g} s cache TTL"},
+            "watcher": self.watcher.snapshot() if self.watcher is not None else {
+                "state": "off", "mode": None, "ttl_s": config.cache_ttl,
+                "why": "--no-watch" if not config.watch else "not started yet"},
             "pending": NOTHING_PENDING if vfs is None else vfs.pending_summary(),
             "conflicts": _conflicts(vfs),
             "last_error": self.problems.last,

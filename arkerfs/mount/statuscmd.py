@@ -122,7 +122,7 @@ def render(s: dict) -> str:
         row("conflicts", str(conflicts["count"]) + "".join(
             f"\n    {c['path']}: local version kept as {c['kept']}" for c in conflicts["recent"]))
     watcher = s["watcher"]
-    row("watcher", f"{watcher['state']} ({watcher['why']})")
+    row("watcher", f"{watcher['state']} ({watcher['why']}); entries kept {watcher['ttl_s']:g} s")
     api = s["api"]
     kinds = ", ".join(f"{kind} {v['calls']}" + (f" ({v['failed']} failed)" if v["failed"] else "")
                       + f" p50 {v['p50_ms']:g}/p95 {v['p95_ms']:g} ms" for kind, v in api["calls"].items())

@@ -29,6 +29,7 @@ import trio
 from arkerfs.protocol import HOME
 from arkerfs.server.errors import ApiError
 from arkerfs.server.sandbox import SANDBOX_USER, Sandbox
+from arkerfs.server.spawn import Child, spawn
 
 OUTPUT_CAP = 8 * 1024 * 1024
 STATE_CAP = 1024 * 1024
@@ -159,10 +160,9 @@ class Runner:
         stdout, stderr = Output(), Output()
         started = time.monotonic()
         with tempfile.TemporaryFile(dir=self._work) as state:
-            proc = await trio.lowlevel.open_process(
+            proc = await spawn(
                 self._sandbox.argv(home, ["/bin/bash", "-c", _wrapper(state.fileno(), session.cwd, command)]),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env=session.env, cwd="/", start_new_session=True,
+                stdin=subprocess.DEVNULL, env=session.env, cwd="/", start_new_session=True,
                 pass_fds=(state.fileno(),),
             )
             try:
@@ -179,6 +179,7 @@ class Runner:
                     _kill_group(proc)
                     with trio.CancelScope(shield=True):
                         await proc.wait()
+                await proc.aclose()
             timed_out = deadline.cancelled_caught
             state.seek(0)
             saved = None if timed_out else _parse_state(state.read(STATE_CAP))
@@ -197,7 +198,7 @@ class Runner:
         )
 
 
-def _kill_group(proc: trio.Process) -> None:
+def _kill_group(proc: Child) -> None:
     """SIGKILL bwrap's process group; the sandbox's PID namespace then takes every child down."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)

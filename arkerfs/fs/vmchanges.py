@@ -1,0 +1,138 @@
+"""What a change watcher's report does to the mount: exactly the affected entries change.
+
+A reported path's cached attributes become the VM's (a name gone is marked absent, and what was
+cached below a directory that went or was replaced is forgotten); a file's cached contents are
+dropped when its version moved; a directory reported with its names (``listed``) loses the
+cached names it no longer has. What the mount itself pushed comes back with the attributes the
+mount already holds, and changes nothing (no call, no kernel invalidation): the mount's own
+changes are never taken for foreign ones.
+
+In write-back mode the pending overlay still decides every path it holds: the cache shows the
+overlay's view of those (as after any refresh, see ``VFS._refresh_name``), and a change the VM
+made under a pending one is met by the push's compare-and-swap, never overwritten.
+
+Every change bumps the cache generation, so a fill that was in flight when the VM changed
+never stores what it read before the change.
+
+A report is a picture taken at some moment of its run; the mount may have changed a path after
+that moment and before the report arrived (``changed_since`` the generation when the run was
+sent). Such a path keeps the mount's view when the report's ctime is not newer (the picture is
+older), and when either side says "absent" it is forgotten instead (the next access asks the
+VM): a late report never turns back the mount's own change.
+
+Returned: what the kernel must forget (``KernelNotes``), for the mount to tell it
+(``pyfuse3.invalidate_entry_async``/``invalidate_inode``); nothing here touches the kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from arkerfs.fs.cache import name_of, parent_of
+from arkerfs.fs.inodes import ROOT_INODE
+from arkerfs.fs.model import Attrs
+from arkerfs.fs.vmwatch import ChangeReport
+
+
+@dataclass
+class KernelNotes:
+    entries: list[tuple[int, bytes]] = field(default_factory=list)  # (parent inode, name) to look up again
+    inodes: list[int] = field(default_factory=list)  # attributes and cached data to drop
+    everything: bool = False  # the report could not say what changed: every inode
+
+    def __bool__(self) -> bool:
+        return bool(self.entries or self.inodes or self.everything)
+
+
+def apply(vfs, report: ChangeReport, sent_at: int) -> KernelNotes:
+    """Apply ``report`` to ``vfs``'s caches; ``sent_at`` is the cache generation when its run
+    was sent. Returns what the kernel must forget."""
+    notes = KernelNotes()
+    if report.flush:
+        vfs.cache.forget_entries()
+        notes.everything = True
+        return notes
+    root = vfs.inodes.root_path
+    with vfs.cache.reporting():
+        for path, attrs in report.changed.items():
+            if path == root or path.startswith(root + b"/"):
+                _one(vfs, path, attrs, notes, sent_at)
+        for directory, names in report.listed.items():
+            for name in _cached_names(vfs, directory) - names:
+                _one(vfs, directory + b"/" + name, None, notes, sent_at)
+    return notes
+
+
+def _one(vfs, path: bytes, attrs: Attrs | None, notes: KernelNotes, sent_at: int) -> None:
+    cache = vfs.cache
+    if cache.changed_since(path, sent_at):  # the mount changed it while the report was coming
+        cached = cache.attrs(path)
+        if cached is not None and attrs is not None:
+            if attrs.ctime_ns <= cached.ctime_ns:
+                return  # the report shows an older state (or the same)
+        elif not (attrs is None and cached is None and cache.is_absent(path)):
+            cache.invalidate(path)
+            vfs.content.forget(path)
+            parent = _ino_of(vfs.inodes, parent_of(path))
+            if parent is not None:
+                notes.entries.append((parent, name_of(path)))
+            return
+        else:
+            return
+    if vfs.write_back:
+        decided, _pending = vfs.remote.decided(path)
+        if decided or (attrs is not None and attrs.is_dir and vfs.remote.overlay.has_children(path)):
+            return  # the overlay's view stands until its push lands (``_landed`` shows the VM's)
+    cached = cache.attrs(path)
+    if attrs is None:
+        if cached is None and cache.is_absent(path):
+            return
+        cache.removed(path, is_dir=cached is None or cached.is_dir)
+        vfs.content.forget(path)
+    else:
+        if cached is not None and _same(cached, attrs):
+            return  # what the mount already shows: its own change coming back
+        if cached is not None and cached.is_dir and (not attrs.is_dir or cached.remote_ino != attrs.remote_ino):
+            cache.removed(path)  # another directory (or none) is there now: forget what was below
+        cache.added(path, attrs)
+        if not attrs.is_dir:
+            vfs.content.forget(path)
+            if attrs.nlink > 1:  # every name of a hard-linked file shows the same attrs
+                for other in cache.names_of(attrs.remote_ino) - {path}:
+                    cache.added(other, attrs)
+    ino = _ino_of(vfs.inodes, path)
+    if ino is not None:
+        notes.inodes.append(ino)
+    if cached is None or attrs is None or cached.remote_ino != attrs.remote_ino or cached.is_dir != attrs.is_dir:
+        parent = _ino_of(vfs.inodes, parent_of(path))
+        if parent is not None:
+            notes.entries.append((parent, name_of(path)))
+
+
+def _same(a: Attrs, b: Attrs) -> bool:
+    """Equal but for the access time (reading a file moves it; that is no change)."""
+    return replace(a, atime_ns=0) == replace(b, atime_ns=0)
+
+
+def _cached_names(vfs, directory: bytes) -> set[bytes]:
+    """Names in ``directory`` the mount's caches or kernel-facing inode table know of."""
+    names = set(vfs.cache.cached_names(directory))
+    ino = _ino_of(vfs.inodes, directory)
+    if ino is not None:
+        names.update(vfs.inodes.names_in(ino))
+    return names
+
+
+def _ino_of(inodes, path: bytes) -> int | None:
+    """The inode the kernel knows ``path`` by, if it knows it (no call)."""
+    root = inodes.root_path
+    if path == root:
+        return ROOT_INODE
+    if not path.startswith(root + b"/"):
+        return None
+    ino: int | None = ROOT_INODE
+    for name in path[len(root) + 1:].split(b"/"):
+        ino = inodes.child(ino, name)
+        if ino is None:
+            return None
+    return ino
