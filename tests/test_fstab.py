@@ -140,3 +140,10 @@ def test_mount_failure_is_reported_by_mount8(server, fs):
     assert done.returncode == exitcodes.MOUNT8_FAILURE, (done.returncode, done.stderr)  # mount(8)'s "mount failure"
     assert "no VM is named 'no-such-vm'" in done.stderr
     assert runtime.mount_entry(mnt) is None
+
+
+def test_every_freshness_option_has_its_fstab_name():
+    from arkerfs.mount.fstab import translate
+
+    args, ignored = translate(["cache_ttl=5", "watch_ttl=120", "no_watch"])
+    assert args == ["--cache-ttl", "5", "--watch-ttl", "120", "--no-watch"] and ignored == []

@@ -16,6 +16,7 @@ from tests.conftest import WRITE_MODES
 from tests.mountutil import Api, mounted
 from tests.test_faults_mount import private_server
 from tests.test_faults_outage import restart
+from tests.test_status import status, status_json
 
 MODES = pytest.mark.parametrize("mode", list(WRITE_MODES))
 WATCH_DEADLINE = 1.5  # seconds from the change's run returning to the mount showing it
@@ -81,7 +82,10 @@ def test_changes_made_in_the_vm_show_up_within_a_second_and_a_half(server, api, 
     vm = seeded(api)
     with mounted(server, *WRITE_MODES[mode], vm_id=vm) as m:
         wait_live(m)
+        watcher = status_json(m)["watcher"]
+        assert (watcher["state"], watcher["mode"], watcher["ttl_s"]) == ("live", "inotify", 60)
         four_changes(api, vm, m, WATCH_DEADLINE)
+        assert status_json(m)["watcher"]["changes"] >= 4
         # a whole directory made in the VM, and one renamed there, with what they hold
         api.sh(vm, "mkdir -p /home/user/w/tree/sub && echo deep > /home/user/w/tree/sub/f")
         seen_within(lambda: read(m.p("w", "tree", "sub", "f")) == b"deep\n", WATCH_DEADLINE)
@@ -98,6 +102,7 @@ def test_without_the_watcher_changes_show_up_within_the_ttl(server, api, mode):
         # and not through a watcher: nothing reported it, the entries expired
         assert "watcher" not in m.log()
         assert max(took) > 0.2, took
+        assert "watcher    off (--no-watch); entries kept 2 s" in status(m, m.path).stdout
 
 
 @MODES
