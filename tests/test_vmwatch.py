@@ -136,7 +136,7 @@ async def test_the_watcher_keeps_long_lived_caches_fresh_and_ignores_the_mounts_
         remote = RemoteFS(vm)
         vfs = VFS(remote, b"/home/user", str(spool), Options(cache_ttl=600))
         fs = VfsDriver(vfs)
-        watcher = Watcher(vfs, remote, watch_ttl=600, cache_ttl=600, bound=5)
+        watcher = Watcher(vfs, vm, remote.pool, watch_ttl=600, cache_ttl=600, bound=5)
 
         async def read(path: bytes) -> bytes:
             fd = await fs.open(path, os.O_RDONLY)

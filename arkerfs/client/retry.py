@@ -8,6 +8,7 @@ and runs the loop.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ class RetryPolicy:
     server answers or ``outage_deadline`` seconds have passed since the first of a run of
     consecutive connect failures; then the last error is raised. Off, a connect failure is an
     ordinary transient failure and counts as one of the ``attempts``.
+
+    ``log_level``: how loudly the client logs giving up on a request and an outage (WARNING; a
+    caller that reports such failures itself, like the mount's change watcher, lowers it).
     """
 
     attempts: int = 4
@@ -63,6 +67,7 @@ class RetryPolicy:
     hint_cap: float = 10.0
     jitter: float = 0.05
     outage_deadline: float | None = None
+    log_level: int = logging.WARNING
 
     def __post_init__(self) -> None:
         if self.attempts < 1:

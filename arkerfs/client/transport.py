@@ -381,7 +381,7 @@ class Transport:
                      failure.error)
 
         def on_give_up(failure: _Failure) -> None:
-            log.warning("%s: giving up after %d attempts: %s", what, policy.attempts, failure.error)
+            log.log(policy.log_level, "%s: giving up after %d attempts: %s", what, policy.attempts, failure.error)
 
         try:
             result = await retrying(policy, once, catch=_Failure, classify=classify, on_retry=on_retry,
@@ -408,10 +408,12 @@ class _Outage:
         now = time.monotonic()
         if self.since is None:
             self.since, self.retries = now, 0
-            log.warning("%s: server unreachable; retrying for up to %.0f s: %s", self.what, deadline, failure.error)
+            log.log(self.policy.log_level, "%s: server unreachable; retrying for up to %.0f s: %s",
+                    self.what, deadline, failure.error)
         remaining = self.since + deadline - now
         if remaining <= 0:
-            log.warning("%s: giving up after %.1f s of outage: %s", self.what, now - self.since, failure.error)
+            log.log(self.policy.log_level, "%s: giving up after %.1f s of outage: %s",
+                    self.what, now - self.since, failure.error)
             return None
         delay = min(self.policy.delay(self.retries), remaining)
         self.retries += 1

@@ -198,6 +198,21 @@ class BatchAmbiguous(Exception):
     """A batch run that may or may not have executed: send it again."""
 
 
+async def run_alone(vm, fragment: S.Fragment, *, session_id: int, timeout: float) -> Any:
+    """``fragment`` as one run of ``vm`` on ``session_id``, outside any ``RemoteFS``'s pool and
+    outage watch: the change watcher's long poll, which no file operation must ever wait for.
+    Its parsed value; FsError for its status or an unusable answer; ArkerError as it comes."""
+    result = await vm.run(S.script([fragment]), session_id=session_id, timeout=timeout)
+    problem = result.stderr[-300:].decode(errors="replace").strip()
+    if not result.completed:
+        raise FsError(E.EIO, f"run did not complete (exit {result.exit_code}): {problem}")
+    try:
+        (outcome,) = S.parse_output(result.stdout)
+        return S.check_result(fragment, outcome)
+    except (S.FramingError, ValueError) as exc:
+        raise FsError(E.EIO, f"unusable answer ({exc}): {problem}") from None
+
+
 class SessionPool:
     """Up to ``len(ids)`` runs in flight, each on its own session; drops to one on VM-wide busy."""
 
@@ -292,20 +307,6 @@ class RemoteFS:
                       result.stderr[-500:].decode(errors="replace"))
             raise FsError(E.EIO, "script output unusable")
         return outcomes, result.stderr
-
-    async def run_alone(self, fragment: S.Fragment, *, session_id: int, timeout: float) -> Any:
-        """``fragment`` as one run on ``session_id``, outside the pool and the outage watch: the
-        change watcher's long poll, which no file operation must ever wait for. Its parsed value;
-        FsError for its status or an unusable answer; the client's ArkerError as it comes."""
-        result = await self._vm.run(S.script([fragment]), session_id=session_id, timeout=timeout)
-        problem = result.stderr[-300:].decode(errors="replace").strip()
-        if not result.completed:
-            raise FsError(E.EIO, f"run did not complete (exit {result.exit_code}): {problem}")
-        try:
-            (outcome,) = S.parse_output(result.stdout)
-            return S.check_result(fragment, outcome)
-        except (S.FramingError, ValueError) as exc:
-            raise FsError(E.EIO, f"unusable answer ({exc}): {problem}") from None
 
     async def run_batch(self, fragments: list[S.Fragment]) -> list[tuple[S.Outcome, Any]]:
         """One run of ``fragments`` in order, stopping at the first that fails: (outcome, value)

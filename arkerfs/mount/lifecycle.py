@@ -84,7 +84,7 @@ async def run(config: MountConfig, report, ready: Callable[[str | None], None]) 
             await _start_service(stack, remote.pusher.run)
         stack.push_async_exit(partial(_final_drain, vfs, give_up, report, outcome))
         if config.watch:
-            await _start_service(stack, _change_watcher(config, vfs, vm_remote, report).run)
+            await _start_service(stack, _change_watcher(stack, config, vfs, vm_remote.pool, report).run)
         _ready(config, report, ready)
         await _serve(give_up)
     return outcome
@@ -214,13 +214,19 @@ def _unmount(mountpoint: str, outcome: runtime.MountResult) -> None:
     log.info("unmounted %s (clean=%s, rescued=%d)", mountpoint, outcome.clean, len(outcome.rescued))
 
 
-def _change_watcher(config: MountConfig, vfs, vm_remote, report):
+def _change_watcher(stack: AsyncExitStack, config: MountConfig, vfs, pool, report):
     """Step 10 (unless ``--no-watch``): the VM reports its changes; stopped before the final
-    drain, so it never tells a kernel that has let go of the mount."""
+    drain, so it never tells a kernel that has let go of the mount. It has a client of its own:
+    a failed watch run is its own business (an INFO line, tried again), never an outage wait."""
+    from arkerfs.client.retry import RetryPolicy
+    from arkerfs.mount.remote_checks import open_client
     from arkerfs.mount.watcher import Watcher, tell_kernel
 
-    watcher = Watcher(vfs, vm_remote, watch_ttl=config.watch_ttl, cache_ttl=config.cache_ttl,
-                      kernel=partial(tell_kernel, vfs))
+    arker = open_client(config, report)
+    stack.push_async_callback(_close_client, arker)
+    arker.retry = RetryPolicy(attempts=2, log_level=logging.INFO)
+    watcher = Watcher(vfs, arker.vm(report.vm_id), pool, watch_ttl=config.watch_ttl,
+                      cache_ttl=config.cache_ttl, kernel=partial(tell_kernel, vfs))
     report.watcher = watcher
     return watcher
 

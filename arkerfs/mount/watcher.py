@@ -30,6 +30,7 @@ import trio
 from arkerfs.client import ArkerError
 from arkerfs.fs import vmchanges, vmwatch
 from arkerfs.fs.errors import FsError
+from arkerfs.fs.remote import run_alone
 from arkerfs.protocol import HOME
 
 log = logging.getLogger(__name__)
@@ -42,13 +43,16 @@ BACKOFF_MAX = 30.0
 
 
 class Watcher:
-    """See the module doc. ``remote_fs`` is the ``RemoteFS`` (runs and the session pool);
-    ``kernel(notes)`` tells the kernel what to forget (None in-process: no kernel)."""
+    """See the module doc. ``vm`` is the SDK's VM (a client of the watcher's own, whose failed
+    requests it reports itself); ``pool`` the file operations' ``SessionPool`` (it says when
+    the VM runs one command at a time); ``kernel(notes)`` tells the kernel what to forget (None
+    in-process: no kernel)."""
 
-    def __init__(self, vfs, remote_fs, *, watch_ttl: float, cache_ttl: float, kernel=None,
+    def __init__(self, vfs, vm, pool, *, watch_ttl: float, cache_ttl: float, kernel=None,
                  session_id: int = WATCH_SESSION, bound: float = BOUND) -> None:
         self.vfs = vfs
-        self.remote = remote_fs
+        self.vm = vm
+        self.pool = pool
         self.watch_ttl = max(watch_ttl, cache_ttl)
         self.cache_ttl = cache_ttl
         self.kernel = kernel
@@ -71,7 +75,7 @@ class Watcher:
         task_status.started()
         since, delay = 0, 1.0
         while True:
-            if self.remote.pool.limit == 1:
+            if self.pool.limit == 1:
                 self._not_live("the VM runs one command at a time (vm_busy): a watch run would "
                                "hold every file operation behind it; the watcher stopped")
                 return
@@ -80,8 +84,8 @@ class Watcher:
             bound = self.bound if self.live else 0.0
             sent_at = self.vfs.cache.generation
             try:
-                report = await self.remote.run_alone(vmwatch.watch(HOME.encode(), since, bound),
-                                                     session_id=self.session_id, timeout=bound + RUN_MARGIN)
+                report = await run_alone(self.vm, vmwatch.watch(HOME.encode(), since, bound),
+                                         session_id=self.session_id, timeout=bound + RUN_MARGIN)
             except FsError as exc:
                 if exc.errno == errno.ENOTSUP:
                     self._not_live("the VM has no python3 to watch with")
