@@ -25,8 +25,10 @@ decides how many round trips each operation costs:
   size of an unbuffered file, judged on the cached attrs) costs nothing.
 
 Consistency (what a reader sees when): the mount's own changes are visible at once to every
-reader of the mount. A change made inside the VM is visible once our cached entry expires
-(``cache_ttl``) plus the kernel's own entry/attr timeout. An open handle reads one version of a
+reader of the mount. A change made inside the VM is visible as soon as the change watcher
+reports it (``mount.watcher``; applied by ``fs.vmchanges``, which also tells the kernel), else
+once our cached entry expires (``cache_ttl``, long while the watcher is live) plus the kernel's
+own entry/attr timeout. An open handle reads one version of a
 file (pinned at its first read, or fetched whole when the mount removes the file's last name)
 unless the file has a local write buffer, which all handles see.
 
