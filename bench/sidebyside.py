@@ -27,6 +27,7 @@ from pathlib import Path
 
 from bench.proxy import DelayProxy
 from bench.targets import ArkerfsTarget, SshfsTarget, force_unmount, started
+from bench.vmchange import MEASURES
 from bench.workloads import Sizes, Workload, build_fixtures, git_env, workloads
 
 TARGETS = ("arkerfs", "arkerfs-wb", "sshfs", "sdk")
@@ -107,6 +108,8 @@ def _seed_reads(target, fixtures: Path, chosen: list[Workload]) -> None:
     for name in sorted(needed):
         if name == "big.bin":
             target.put_file(fixtures / "big.bin", "read/big.bin")
+        elif (fixtures / "read" / name).is_file():
+            target.put_file(fixtures / "read" / name, f"read/{name}")
         else:
             target.seed(fixtures / "read" / name, f"read/{name}")
 
@@ -115,33 +118,45 @@ def _measure(target, proxy: DelayProxy, workload: Workload, fixtures: Path, work
     """One cold run: seed, fresh mount, time the command, then the push; never raises for a
     failing command (the sample records the error, the other targets still run)."""
     remote_dir = f"w/{tag}"
-    if workload.kind == "write":
+    fresh_dir = workload.kind == "write" or workload.seed is not None  # a copy of its own per run
+    if fresh_dir:
         target.seed(fixtures / workload.seed if workload.seed else None, remote_dir)
     out = workdir / "out" / f"{target.name}-{tag}"
     out.mkdir(parents=True)
     sample: dict = {}
     try:
         with target.mount(proxy) as mnt:
-            command = workload.command.format(mnt=shlex.quote(str(mnt)), dir=shlex.quote(str(mnt / remote_dir)),
-                                              fx=shlex.quote(str(fixtures)), out=shlex.quote(str(out)))
+            def shell(text: str) -> subprocess.CompletedProcess:
+                command = text.format(mnt=shlex.quote(str(mnt)), dir=shlex.quote(str(mnt / remote_dir)),
+                                      fx=shlex.quote(str(fixtures)), out=shlex.quote(str(out)))
+                return subprocess.run(["bash", "-c", command], env=_workload_env(), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+            if workload.warmup:  # not timed, not counted: the state the workload starts from
+                warm = shell(workload.warmup)
+                if warm.returncode != 0:
+                    raise RuntimeError(f"warm-up failed (exit {warm.returncode}): {warm.stderr.strip()[-500:]}")
             target.reset_calls()
-            start = time.perf_counter()
-            done = subprocess.run(["bash", "-c", command], env=_workload_env(), stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            sample["wall_s"] = time.perf_counter() - start
-            if done.returncode != 0:
-                sample["error"] = f"exit {done.returncode}: {done.stderr.strip()[-500:]}"
-            elif workload.kind == "write":
-                push = target.push(mnt)
-                sample["pushed_s"] = None if push is None else sample["wall_s"] + push
-            sample["calls"] = target.calls()
+            if workload.measure:
+                sample.update(MEASURES[workload.measure](target, mnt, remote_dir))
+            else:
+                start = time.perf_counter()
+                done = shell(workload.command)
+                sample["wall_s"] = time.perf_counter() - start
+                if done.returncode != 0:
+                    sample["error"] = f"exit {done.returncode}: {done.stderr.strip()[-500:]}"
+                elif workload.kind == "write":
+                    push = target.push(mnt)
+                    sample["pushed_s"] = None if push is None else sample["wall_s"] + push
+            # vm-change: the changes' own runs go to the same server; its calls are not the mount's
+            sample["calls"] = {} if workload.measure else target.calls()
         sample["umount_s"] = target.last_umount_s
     except (subprocess.CalledProcessError, RuntimeError, OSError) as exc:
         sample["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         shutil.rmtree(out, ignore_errors=True)
     # Not in the finally: on Ctrl-C the backend may be gone too, and the work dir goes anyway.
-    if workload.kind == "write":
+    if fresh_dir:
         target.remove(remote_dir)
     return sample
 
@@ -217,8 +232,9 @@ def _summarize(opts: Options, sizes: Sizes, chosen: list[Workload], samples: dic
             "target": target, "files": workload.files, "runs": runs,
             "wall_s": _median([s["wall_s"] for s in ok]),
             "pushed_s": _median(pushed),
-            "calls": calls if target != "sshfs" else None,
-            "calls_per_file": (sum(calls.values()) / workload.files) if target != "sshfs" and ok else None,
+            "calls": calls if target != "sshfs" and not workload.measure else None,
+            "calls_per_file": (sum(calls.values()) / workload.files)
+            if target != "sshfs" and not workload.measure and ok else None,
             "errors": [s["error"] for s in runs if "error" in s],
         }
         if workload.kind == "write" and target == "arkerfs" and row["pushed_s"] is None and ok:
@@ -280,7 +296,7 @@ def print_tables(result: dict) -> None:
                     any_row["title"], str(any_row["files"]), mode, _seconds(ark), _pushed(ark), _seconds(ssh),
                     f"{ark['ratio_to_sshfs']:.2f}" if ark and ark.get("ratio_to_sshfs") else "-",
                     _seconds(sdk) + (f" ({sum(sdk['calls'].values())} calls)" if sdk and sdk.get("calls") else ""),
-                    str(sum(calls.values())) if ark and ark["wall_s"] is not None else "-",
+                    str(sum(calls.values())) if ark and ark["wall_s"] is not None and ark["calls"] is not None else "-",
                     f"{ark['calls_per_file']:.2f}" if ark and ark.get("calls_per_file") is not None else "-",
                     " ".join(f"{k}={v}" for k, v in calls.items()) or "-",
                 ))

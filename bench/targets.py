@@ -105,6 +105,18 @@ class ArkerfsTarget:
             if result.exit_code != 0:
                 raise RuntimeError(f"seeding {remote_dir} failed: {result.stderr.decode(errors='replace')}")
 
+    def vm_path(self, remote_dir: str) -> str:
+        return f"{HOME}/{remote_dir}"
+
+    def vm_shell(self, command: str) -> None:
+        """``command`` in the VM, straight to the server (a change made inside the VM)."""
+        async def run() -> None:
+            async with self._sdk(self.server.base_url) as arker:
+                result = await arker.vm(self.vm_id).run(command, session_id=1, timeout=60)
+                if result.exit_code != 0:
+                    raise RuntimeError(f"{command} failed: {result.stderr.decode(errors='replace')}")
+        trio.run(run)
+
     def remove(self, remote_dir: str) -> None:
         async def rm() -> None:
             async with self._sdk(self.server.base_url) as arker:
@@ -255,6 +267,13 @@ class SshfsTarget:
 
     def remove(self, remote_dir: str) -> None:
         shutil.rmtree(self.export / remote_dir, ignore_errors=True)
+
+    def vm_path(self, remote_dir: str) -> str:
+        return str(self.export / remote_dir)
+
+    def vm_shell(self, command: str) -> None:
+        """``command`` on the exported directory itself (a change made on the server side)."""
+        subprocess.run(["bash", "-c", command], check=True, stdin=subprocess.DEVNULL)
 
     @property
     def backend_port(self) -> int:

@@ -105,15 +105,17 @@ def test_benchmark_runs_end_to_end_against_arkerfs(tmp_path):
     out = tmp_path / "result.json"
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--targets", "arkerfs", "--rtt-ms", "0", "--runs", "1",
-         "--quick", "--workloads", "cp-in,ls", "--json", str(out)],
+         "--quick", "--workloads", "cp-in,ls,git-status,vm-change", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     rows = {(r["workload"], r["target"]): r for r in result["results"]}
-    for workload in ("cp-in", "ls"):
+    for workload in ("cp-in", "ls", "git-status"):
         row = rows[(workload, "arkerfs")]
-        assert row["wall_s"] > 0
+        assert row["wall_s"] > 0 and not row["errors"], row
         assert sum(row["calls"].values()) > 0, row
+    changed = rows[("vm-change", "arkerfs")]
+    assert not changed["errors"] and set(changed["runs"][0]["changes"]) == {"create", "modify", "rename", "remove"}
     table = proc.stdout
     assert "calls by kind" in table and "cp -r 30 files in" in table and "ls -l 100 files (cold)" in table
     mounts = subprocess.run(["findmnt", "-t", "fuse.arkerfs", "-n", "-o", "TARGET"],

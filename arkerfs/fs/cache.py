@@ -121,11 +121,16 @@ class MetaCache:
 
     def set_ttl(self, ttl: float) -> None:
         """Trust entries stored from now on for ``ttl`` seconds (the change watcher lengthens it
-        while it runs). Shortening it also forgets every entry stored under the longer one."""
-        if ttl < self.ttl:
-            self.forget_entries()
+        while it runs). Shortening it also cuts every entry kept longer to ``ttl`` from now (as
+        if each had just been read: the watcher vouched for them until now), so an outage does
+        not empty the caches at once, but nothing stays trusted past the short TTL."""
+        shorter = ttl < self.ttl
         self.generation += 1  # a fill in flight read the VM before the switch: never stored
         self.ttl = ttl
+        if shorter:
+            for cache in (self._attrs, self._negative, self._listings):
+                for key, value in list(cache.items()):
+                    cache[key] = value  # stored again: expires ``ttl`` from now
 
     def forget_entries(self) -> None:
         """Forget every attribute, absence and listing (not which directories were listed)."""

@@ -9,7 +9,8 @@ Live or not: the watcher is live from its first answer (a probe: can the VM be w
 where its clock stands) until a run fails or answers ``off``. While live, cached entries are
 trusted for ``watch_ttl`` (a change shows up as soon as the report arrives: about ``quiet`` +
 one round trip); while not, for ``cache_ttl`` as with ``--no-watch``, and what was stored under
-the long TTL is forgotten at once. Going live is logged, and why it is not live once per
+the long TTL is trusted ``cache_ttl`` more from then on (the watcher vouched for it until it
+stopped; an outage does not empty the caches at once). Going live is logged, and why it is not live once per
 reason, at INFO: the mount works as it does without a watcher.
 
 Failures: a run that fails (an API error, an outage, a server restart) is tried again after 1 s,
@@ -134,7 +135,7 @@ class Watcher:
         self.why = why
         if self.live:
             self.live = False
-            self.vfs.cache.set_ttl(self.cache_ttl)  # forgets what the long TTL kept
+            self.vfs.cache.set_ttl(self.cache_ttl)  # what the long TTL kept: cache_ttl from now
         self._say(f"watcher: not live ({why}); changes made in the VM show up within "
                   f"{self.cache_ttl:g} s (--cache-ttl)")
 
