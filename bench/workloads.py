@@ -110,7 +110,7 @@ def random_reads_command(path: str, reads: int) -> str:
     script = ("import os,random,sys; r=random.Random(7); fd=os.open(sys.argv[1],os.O_RDONLY); "
               "n=os.fstat(fd).st_size//4096; "
               f"short=[o for o in (r.randrange(n)*4096 for _ in range({reads})) if len(os.pread(fd,4096,o))!=4096]; "
-              "sys.exit(short and f'short reads at {{short[:5]}}')")
+              "sys.exit(f'short reads at {{short[:5]}}' if short else 0)")
     return f"python3 -c {shlex.quote(script)} {path}"
 
 

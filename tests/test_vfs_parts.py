@@ -207,3 +207,24 @@ async def test_content_cache_is_bounded_in_bytes(tmp_path):
     first = await cache.get((b"/a", 600, 1))
     await cache.get((b"/b", 600, 1))
     assert await cache.get((b"/a", 600, 1)) is not first  # evicted to make room
+
+
+def test_a_ttl_switch_keeps_fills_in_flight_with_the_shorter_ttl():
+    clock = Clock()
+    c = MetaCache(3.0, timer=clock)
+    began = c.generation  # a listing on its way when the change watcher went live
+    c.set_ttl(60.0)
+    c.store_listing(b"/h", attrs(kind=stat.S_IFDIR), [Entry(b"a", attrs(5))], began)
+    c.store_attrs(b"/h/b", attrs(7), c.generation)  # begun after the switch
+    clock.now = 3.5
+    assert c.listing(b"/h") is None and c.attrs(b"/h/a") is None  # it may have read the VM before
+    assert c.attrs(b"/h/b").size == 7
+    clock.now = 59.0
+    c.set_ttl(3.0)  # the watcher stopped vouching: 3 s more, from now
+    assert c.attrs(b"/h/b").size == 7
+    clock.now = 62.5
+    assert c.attrs(b"/h/b") is None
+    began = c.generation
+    c.added(b"/h/c", attrs())  # any other change still drops a fill begun before it
+    c.store_attrs(b"/h/d", attrs(), began)
+    assert c.attrs(b"/h/d") is None

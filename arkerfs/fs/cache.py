@@ -115,9 +115,15 @@ class MetaCache:
         # path -> the generation of the mount's last change to it (``changed_since``)
         self._changed_at: cachetools.LRUCache = cachetools.LRUCache(max_entries // 2 or 1)
         self._recording = True
+        # a TTL switch (``set_ttl``): fills begun just before it are still stored, with the
+        # shorter of the two TTLs (``_fill_ttl``)
+        self._before_switch = self._switched_at = -1
+        self._shorter_ttl = ttl
+        self._fill_ttl: float | None = None
 
     def _expiring(self, maxsize: int, timer: Timer) -> cachetools.TLRUCache:
-        return cachetools.TLRUCache(maxsize, lambda _key, _value, now: now + self.ttl, timer=timer)
+        return cachetools.TLRUCache(maxsize, lambda _key, _value, now: now + (self._fill_ttl or self.ttl),
+                                    timer=timer)
 
     def set_ttl(self, ttl: float) -> None:
         """Trust entries stored from now on for ``ttl`` seconds (the change watcher lengthens it
@@ -125,7 +131,10 @@ class MetaCache:
         if each had just been read: the watcher vouched for them until now), so an outage does
         not empty the caches at once, but nothing stays trusted past the short TTL."""
         shorter = ttl < self.ttl
-        self.generation += 1  # a fill in flight read the VM before the switch: never stored
+        # a fill in flight may have read the VM before the switch: stored with the shorter TTL
+        self._before_switch, self._shorter_ttl = self.generation, min(ttl, self.ttl)
+        self.generation += 1
+        self._switched_at = self.generation
         self.ttl = ttl
         if shorter:
             for cache in (self._attrs, self._negative, self._listings):
@@ -184,23 +193,39 @@ class MetaCache:
         return self._statfs.get("statfs")
 
     # -- fills (carry the generation seen when the remote call started) -------------------
+    @contextmanager
+    def _filling(self, generation: int) -> Iterator[bool]:
+        """Whether a fill begun at ``generation`` may be stored (nothing changed since, but for a
+        TTL switch: then with the shorter TTL)."""
+        straddles = generation == self._before_switch and self.generation == self._switched_at
+        self._fill_ttl = self._shorter_ttl if straddles else None
+        try:
+            yield generation == self.generation or straddles
+        finally:
+            self._fill_ttl = None
+
     def store_attrs(self, path: bytes, attrs: Attrs, generation: int) -> None:
-        if generation == self.generation:
-            self._attrs[path] = attrs
-            self._negative.pop(path, None)
+        with self._filling(generation) as fresh:
+            if fresh:
+                self._attrs[path] = attrs
+                self._negative.pop(path, None)
 
     def store_absent(self, path: bytes, generation: int) -> None:
-        if generation == self.generation:
-            self._negative[path] = True
-            self._attrs.pop(path, None)
+        with self._filling(generation) as fresh:
+            if fresh:
+                self._negative[path] = True
+                self._attrs.pop(path, None)
 
     def store_listing(self, path: bytes, attrs: Attrs, entries: list[Entry], generation: int, *,
                       keep_fresh: bool = False) -> None:
         """``keep_fresh`` (a refresh by listing, taken for one expired name): attrs still cached
         for the directory or its entries stay as they are until their own expiry, exactly as if
         each had been asked about by name; the listing fills only what had expired."""
-        if generation != self.generation:
-            return
+        with self._filling(generation) as fresh:
+            if fresh:
+                self._store_listing(path, attrs, entries, keep_fresh)
+
+    def _store_listing(self, path: bytes, attrs: Attrs, entries: list[Entry], keep_fresh: bool) -> None:
         if not (keep_fresh and path in self._attrs):
             self._attrs[path] = attrs
         self._listings[path] = {e.name: e.attrs for e in entries}
