@@ -10,8 +10,9 @@ One ``FileContent`` is one version of one remote file, keyed by ``(path, size, m
   straight into an anonymous spool file (never gathered in memory: the daemon's size does not
   grow with the files it reads). One ranged GET fetches a run of missing chunks: a read that
   lands on the chunk right after the previous fetch is sequential and doubles the run (1, 2, 4,
-  8, 16 chunks: ``cat`` of 20 MB is 5 GETs), any other read starts again at one chunk (random
-  access stays cheap), and a read spanning several chunks fetches them together.
+  ... up to 32 chunks), and starts the GET of the run after it at once, in the background, so a
+  sequential reader always has the next run on its way (``cat`` of 20 MB is 5 GETs, of 100 MB
+  8); any other read starts again at one chunk (random access stays cheap), and a read spanning several chunks fetches them together.
 
 One version per handle: every ranged answer is checked to be of the version first read (the
 SDK's ``object_changed``), and an expired URL is renewed with another ``open_read`` that must
@@ -45,7 +46,7 @@ from arkerfs.fs.errors import FsError, errno_for_api_error
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024  # ranged reads fetch aligned chunks of this size
-READAHEAD_MAX = 16  # chunks one ranged GET may fetch (a sequential reader's run grows up to it)
+READAHEAD_MAX = 32  # chunks one ranged GET may fetch (a sequential reader's run grows up to it)
 MEMORY_LIMIT = 1024 * 1024  # whole contents above this go to a spool file
 MEMORY_BUDGET = 32 * 1024 * 1024  # whole contents kept in memory by the cache, in total
 
@@ -132,16 +133,52 @@ class RangedContent(FileContent):
 
     async def _fetch(self, index: int, last: int) -> None:
         """One ranged GET from chunk ``index``: its run doubles when the read is sequential,
-        covers the rest of the read (``last``), and stops at a chunk held or in flight."""
+        covers the rest of the read (``last``), and stops at a chunk held or in flight. A
+        sequential run also starts the next one in the background (``_ahead``), so a reader
+        going on finds it on its way rather than waiting a round trip and a whole run."""
+        sequential = index == self._next and index > 0
         run = min(max(self._run * 2, 1), READAHEAD_MAX) if index == self._next else 1
         count = max(run, min(last - index + 1, READAHEAD_MAX))
-        stop, limit = index, min(index + count, (self.size + CHUNK - 1) // CHUNK)
+        fetch, stop = self._claim(index, count)
+        self._next, self._run = stop, run
+        if sequential:
+            self._ahead(stop, min(run * 2, READAHEAD_MAX))
+        await self._transfer(fetch, index, stop)
+
+    def _claim(self, index: int, count: int) -> tuple[_Fetch, int]:
+        """Register a GET of up to ``count`` chunks from ``index`` (stopping at one held or in
+        flight); returns it and the chunk after its last."""
+        stop, limit = index, min(index + count, self._chunk_count())
         while stop < limit and stop not in self._held and stop not in self._fetching:
             stop += 1
-        self._next, self._run = stop, run
         fetch = _Fetch()
         for i in range(index, stop):
             self._fetching[i] = fetch
+        return fetch, stop
+
+    def _chunk_count(self) -> int:
+        return (self.size + CHUNK - 1) // CHUNK
+
+    def _ahead(self, index: int, count: int) -> None:
+        """Start the GET of the next sequential run now, in a task of its own. If it fails, its
+        readers fetch those chunks themselves (and get the error, if any, from their own GET)."""
+        if index >= self._chunk_count() or index in self._held or index in self._fetching or self._uncached:
+            return
+        fetch, stop = self._claim(index, count)
+        self._next, self._run = stop, count
+
+        async def fetch_ahead() -> None:
+            try:
+                await self._transfer(fetch, index, stop)
+            except BaseException as exc:  # noqa: BLE001 - a system task must not raise; see the doc
+                fetch.error = None  # never handed to a reader: it fetches for itself
+                if not isinstance(exc, (Exception, trio.Cancelled)):
+                    raise
+                log.debug("read-ahead of %r from chunk %d failed: %r", self.path, index, exc)
+
+        trio.lowlevel.spawn_system_task(fetch_ahead)
+
+    async def _transfer(self, fetch: _Fetch, index: int, stop: int) -> None:
         try:
             remote = await self._url()
             try:  # each piece goes to the spool as it arrives
