@@ -13,7 +13,7 @@ import tarfile
 
 import pytest
 
-from tests.conftest import WRITE_MODES
+from tests.conftest import NO_WATCH, WRITE_MODES
 from tests.mountutil import Api, mounted
 
 HOME = "/home/user"
@@ -327,6 +327,7 @@ TAR_FILES = int(os.environ.get("ARKERFS_TEST_TAR_FILES", "1000"))
 
 
 @pytest.mark.timeout(600)
+@NO_WATCH  # it counts calls
 def test_tar_thousand_files(m, api, control, tmp_path):
     archive = tmp_path / "a.tar"
     archive.write_bytes(build_tar(TAR_FILES))

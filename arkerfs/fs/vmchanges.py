@@ -16,9 +16,10 @@ never stores what it read before the change.
 
 A report is a picture taken at some moment of its run; the mount may have changed a path after
 that moment and before the report arrived (``changed_since`` the generation when the run was
-sent). Such a path keeps the mount's view when the report's ctime is not newer (the picture is
-older), and when either side says "absent" it is forgotten instead (the next access asks the
-VM): a late report never turns back the mount's own change.
+sent). Such a path keeps the mount's view, whatever the report says: a late report never turns
+back the mount's own change (no ctime comparison can order them: the mount's attrs after a
+rename carry the source's ctime, a directory's mtime is an estimate). The price: a change the
+VM made to that same path in that same window shows up at the path's next change or expiry.
 
 Returned: what the kernel must forget (``KernelNotes``), for the mount to tell it
 (``pyfuse3.invalidate_entry_async``/``invalidate_inode``); nothing here touches the kernel.
@@ -65,27 +66,15 @@ def apply(vfs, report: ChangeReport, sent_at: int) -> KernelNotes:
 
 def _one(vfs, path: bytes, attrs: Attrs | None, notes: KernelNotes, sent_at: int) -> None:
     cache = vfs.cache
-    if cache.changed_since(path, sent_at):  # the mount changed it while the report was coming
-        cached = cache.attrs(path)
-        if cached is not None and attrs is not None:
-            if attrs.ctime_ns <= cached.ctime_ns:
-                return  # the report shows an older state (or the same)
-        elif not (attrs is None and cached is None and cache.is_absent(path)):
-            cache.invalidate(path)
-            vfs.content.forget(path)
-            parent = _ino_of(vfs.inodes, parent_of(path))
-            if parent is not None:
-                notes.entries.append((parent, name_of(path)))
-            return
-        else:
-            return
+    if cache.changed_since(path, sent_at):
+        return  # the mount changed it while the report was coming: its own view is newer
     if vfs.write_back:
         decided, _pending = vfs.remote.decided(path)
         if decided or (attrs is not None and attrs.is_dir and vfs.remote.overlay.has_children(path)):
             return  # the overlay's view stands until its push lands (``_landed`` shows the VM's)
-    cached = cache.attrs(path)
+    cached, was_absent = cache.attrs(path), cache.is_absent(path)
     if attrs is None:
-        if cached is None and cache.is_absent(path):
+        if cached is None and was_absent:
             return
         cache.removed(path, is_dir=cached is None or cached.is_dir)
         vfs.content.forget(path)
@@ -103,7 +92,11 @@ def _one(vfs, path: bytes, attrs: Attrs | None, notes: KernelNotes, sent_at: int
     ino = _ino_of(vfs.inodes, path)
     if ino is not None:
         notes.inodes.append(ino)
-    if cached is None or attrs is None or cached.remote_ino != attrs.remote_ino or cached.is_dir != attrs.is_dir:
+    # The kernel's entry goes only when the name now means something else: gone, new where it
+    # was absent, another inode. Never for a directory that is still the same one: the kernel
+    # would unhash it, and a process inside it would lose its working directory (getcwd ENOENT).
+    if attrs is None or was_absent or (cached is not None and (
+            cached.remote_ino != attrs.remote_ino or cached.is_dir != attrs.is_dir)):
         parent = _ino_of(vfs.inodes, parent_of(path))
         if parent is not None:
             notes.entries.append((parent, name_of(path)))

@@ -41,6 +41,10 @@ BOUND = 45.0  # seconds a run waits for a change: about 1.3 calls a minute when 
 RUN_MARGIN = 15.0  # the run's kill bound past BOUND (its set-up walk, a slow VM)
 OFF_RETRY = 300.0  # seconds before a watcher that answered "off" tries again
 BACKOFF_MAX = 30.0
+# Runs start at least this far apart: while the mount (or the VM) changes things all the time,
+# each run would end at once and the next begin with a walk of the home, in a new process. What
+# changes in between is reported by the next run's look back, at most this much later.
+SPACING = 0.3
 
 
 class Watcher:
@@ -75,7 +79,10 @@ class Watcher:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         since, delay = 0, 1.0
+        started = -SPACING
         while True:
+            await trio.sleep_until(started + SPACING)
+            started = trio.current_time()
             if self.pool.limit == 1:
                 self._not_live("the VM runs one command at a time (vm_busy): a watch run would "
                                "hold every file operation behind it; the watcher stopped")
