@@ -197,10 +197,12 @@ def log_problems(text: str, allowed: list[re.Pattern]) -> list[str]:
 
 @contextlib.contextmanager
 def mounted(server, *extra_args: str, vm_id: str | None = None, key_file: bool = False,
-            state_home: str | None = None):
+            state_home: str | None = None, watch: bool = False):
     """Mount a fresh fork (or ``vm_id``) of the session server; see the module docstring.
     ``state_home``: the XDG state directory (where write-back journals live), to share one
-    between mounts (default: the mount's own temporary directory)."""
+    between mounts (default: the mount's own temporary directory). ``watch``: with the change
+    watcher (the default for users); without it unless asked for (``--no-watch``), so that
+    what other tests count and time is the mount's own work (the watcher's tests ask)."""
     require_fuse()
     api = Api(server)
     vm_id = vm_id or api.fork()
@@ -211,7 +213,7 @@ def mounted(server, *extra_args: str, vm_id: str | None = None, key_file: bool =
     env = {**os.environ, "XDG_RUNTIME_DIR": workdir, "XDG_CACHE_HOME": workdir,
            "XDG_STATE_HOME": state_home or workdir}
     env.pop("ARKER_API_KEY", None)
-    args = list(extra_args)
+    args = list(extra_args) + ([] if watch or "--no-watch" in extra_args else ["--no-watch"])
     if key_file:
         key_path = os.path.join(workdir, "key")
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
