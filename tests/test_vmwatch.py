@@ -4,19 +4,24 @@ by ``Watcher`` with caches that would otherwise trust what they hold for ten min
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import trio
 
 from arkerfs.fs import shell as S
+from arkerfs.fs import vmchanges
 from arkerfs.fs import vmwatch as W
 from arkerfs.fs.remote import RemoteFS
 from arkerfs.fs.vfs import VFS, Options
 from arkerfs.mount.watcher import Watcher
+from arkerfs.writeback.journal import Journal
+from arkerfs.writeback.port import WriteBack
 from tests.localvm import LocalVM
 from tests.vfsdriver import VfsDriver
 
@@ -175,6 +180,41 @@ async def test_the_watcher_keeps_long_lived_caches_fresh_and_ignores_the_mounts_
             assert [e.name for e in vfs.cache.listing(b"/home/user/w")] == [b"kept", b"mine"]
             assert vfs.conflicts == []
             nursery.cancel_scope.cancel()
+
+
+async def test_a_report_that_saw_the_vm_before_the_mounts_push_never_brings_back_what_it_renamed(tmp_path):
+    """Write-back, the race a loaded machine makes: ``tmp`` is pushed in one batch, its rename
+    to ``old`` in the next; a watch run sent in between saw ``tmp`` in the VM, and its report
+    arrives after the rename landed. ``tmp`` must stay gone (a ghost ``tmp`` would be the base
+    of the next ``open(tmp, "w")``, and its push a spurious conflict)."""
+    async with LocalVM(str(tmp_path / "vm")) as vm:
+        os.mkdir(os.path.join(vm.home, "w"))
+        spool = tmp_path / "spool"
+        spool.mkdir(mode=0o700)
+        port = WriteBack(RemoteFS(vm), Journal(Path(tmp_path / "journal"), "vm-under-test"))
+        vfs = VFS(port, b"/home/user", str(spool), Options(cache_ttl=600))
+        fs = VfsDriver(vfs)
+
+        async def write(path: bytes, data: bytes) -> None:
+            fd = await fs.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+            await fs.write(fd, data)
+            await fs.close(fd)
+
+        await write(b"w/tmp", b"first")
+        await port.drain(retry_failed=False)
+        seen_by_the_run = await port.remote.lstat(b"/home/user/w/tmp")  # the VM between the batches
+        await fs.rename(b"w/tmp", b"w/old")
+        sent_at = vfs.cache.generation  # the watch run is sent now, before the rename's push
+        await port.drain(retry_failed=False)
+        report = W.ChangeReport("inotify", "", 0, False, changed={b"/home/user/w/tmp": seen_by_the_run})
+        vmchanges.apply(vfs, report, sent_at)
+        with pytest.raises(OSError) as gone:
+            await fs.lstat(b"w/tmp")
+        assert gone.value.errno == errno.ENOENT
+        await write(b"w/tmp", b"second")
+        await port.drain(retry_failed=False)
+        assert port.pusher.conflicts == []
+        assert sorted(os.listdir(os.path.join(vm.home, "w"))) == ["old", "tmp"]
 
 
 async def _eq(awaitable, want) -> bool:

@@ -310,6 +310,11 @@ class MetaCache:
         if listing is not None and name_of(path) in listing:
             del self._listings[parent_of(path)]
 
+    def settled(self, path: bytes) -> None:
+        """The mount's own change of ``path`` reached the VM: what a report saw of it before
+        then is older than the mount's view (``changed_since``)."""
+        self._changed(path)
+
     def _changed(self, path: bytes) -> None:
         self.generation += 1
         if self._recording:

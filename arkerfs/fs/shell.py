@@ -492,12 +492,9 @@ def list_dir(path: bytes, limit: int | None = LIST_PAGE) -> Fragment:
     )
 
 
-def list_dir_page(path: bytes, after: bytes | None, limit: int = LIST_PAGE) -> Fragment:
-    """Up to ``limit`` entries of the directory whose names sort after ``after`` (None: from
-    the first), in byte order, and its attrs. Parsed: (attrs, entries, more). Without python3:
-    ENOTSUP."""
-    code = """
-import stat
+# For python3 snippets that print attrs: ``attrs(stat_result, path)`` gives the 11 fields of an
+# ``A`` record (``parse_attrs``), as ``_ATTR_FMT`` prints them from ``find``.
+PY_ATTRS = """import stat
 T={stat.S_IFREG:b'f',stat.S_IFDIR:b'd',stat.S_IFLNK:b'l',stat.S_IFIFO:b'p',stat.S_IFSOCK:b's',stat.S_IFBLK:b'b',stat.S_IFCHR:b'c'}
 def tm(n):
     x,y=divmod(n,10**9); return b'%d.%09d0'%(x,y)
@@ -505,6 +502,14 @@ def attrs(s,full):
     k=stat.S_IFMT(s.st_mode)
     return (T.get(k,b'?'),b'%o'%(s.st_mode&0o7777),b'%d'%s.st_size,b'%d'%s.st_nlink,b'%d'%s.st_uid,b'%d'%s.st_gid,
             tm(s.st_atime_ns),tm(s.st_mtime_ns),tm(s.st_ctime_ns),b'%d'%s.st_ino,os.readlink(full) if k==stat.S_IFLNK else b'')
+"""
+
+
+def list_dir_page(path: bytes, after: bytes | None, limit: int = LIST_PAGE) -> Fragment:
+    """Up to ``limit`` entries of the directory whose names sort after ``after`` (None: from
+    the first), in byte order, and its attrs. Parsed: (attrs, entries, more). Without python3:
+    ENOTSUP."""
+    code = PY_ATTRS + """
 import bisect
 p,after,limit,hide=a[0],a[1],int(a[2]),a[3]==b'1'
 if not stat.S_ISDIR(os.lstat(p).st_mode): sys.exit(20)
@@ -538,15 +543,7 @@ def list_tree(path: bytes, entries_max: int = TREE_ENTRIES_MAX) -> Fragment:
     itself always (E2BIG when it alone has more: it is listed in pages). Parsed: (path's attrs,
     {relative directory: entries}). Without python3: ENOTSUP (the caller lists one directory at
     a time)."""
-    code = """
-import stat
-T={stat.S_IFREG:b'f',stat.S_IFDIR:b'd',stat.S_IFLNK:b'l',stat.S_IFIFO:b'p',stat.S_IFSOCK:b's',stat.S_IFBLK:b'b',stat.S_IFCHR:b'c'}
-def tm(n):
-    x,y=divmod(n,10**9); return b'%d.%09d0'%(x,y)
-def attrs(s,full):
-    k=stat.S_IFMT(s.st_mode)
-    return (T.get(k,b'?'),b'%o'%(s.st_mode&0o7777),b'%d'%s.st_size,b'%d'%s.st_nlink,b'%d'%s.st_uid,b'%d'%s.st_gid,
-            tm(s.st_atime_ns),tm(s.st_mtime_ns),tm(s.st_ctime_ns),b'%d'%s.st_ino,os.readlink(full) if k==stat.S_IFLNK else b'')
+    code = PY_ATTRS + """
 root,cap,hide=a[0],int(a[1]),a[2]==b'1'
 s=os.lstat(root)
 if not stat.S_ISDIR(s.st_mode): sys.exit(20)

@@ -996,8 +996,11 @@ class VFS:
         return (True, None) if self.cache.is_absent(path) else (False, None)
 
     def _landed(self, final: dict[bytes, Attrs | None], trimmed: list[bytes]) -> None:
-        """A push was acknowledged: paths that left the overlay show the VM's attrs now."""
+        """A push was acknowledged: paths that left the overlay show the VM's attrs now. A
+        watcher report on its way may have seen the VM before this push (a name the push
+        renamed away still there): it is older than the mount's view of every path it left."""
         for path in trimmed:
+            self.cache.settled(path)
             attrs = final.get(path)
             if attrs is not None:
                 self.cache.added(path, attrs)

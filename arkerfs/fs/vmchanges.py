@@ -66,12 +66,9 @@ def apply(vfs, report: ChangeReport, sent_at: int) -> KernelNotes:
 
 def _one(vfs, path: bytes, attrs: Attrs | None, notes: KernelNotes, sent_at: int) -> None:
     cache = vfs.cache
-    if cache.changed_since(path, sent_at):
-        return  # the mount changed it while the report was coming: its own view is newer
-    if vfs.write_back:
-        decided, _pending = vfs.remote.decided(path)
-        if decided or (attrs is not None and attrs.is_dir and vfs.remote.overlay.has_children(path)):
-            return  # the overlay's view stands until its push lands (``_landed`` shows the VM's)
+    if _mount_decides(vfs, path, sent_at) or (
+            vfs.write_back and attrs is not None and attrs.is_dir and vfs.remote.overlay.has_children(path)):
+        return  # a directory with pending entries shows the mount's view of its mtime and links
     cached, was_absent = cache.attrs(path), cache.is_absent(path)
     if attrs is None:
         if cached is None and was_absent:
@@ -88,7 +85,8 @@ def _one(vfs, path: bytes, attrs: Attrs | None, notes: KernelNotes, sent_at: int
             vfs.content.forget(path)
             if attrs.nlink > 1:  # every name of a hard-linked file shows the same attrs
                 for other in cache.names_of(attrs.remote_ino) - {path}:
-                    cache.added(other, attrs)
+                    if not _mount_decides(vfs, other, sent_at):
+                        cache.added(other, attrs)
     ino = _ino_of(vfs.inodes, path)
     if ino is not None:
         notes.inodes.append(ino)
@@ -100,6 +98,13 @@ def _one(vfs, path: bytes, attrs: Attrs | None, notes: KernelNotes, sent_at: int
         parent = _ino_of(vfs.inodes, parent_of(path))
         if parent is not None:
             notes.entries.append((parent, name_of(path)))
+
+
+def _mount_decides(vfs, path: bytes, sent_at: int) -> bool:
+    """Whether the mount's own view of ``path`` stands whatever the report says: the mount
+    changed it while the report was coming, or (write-back) the overlay holds a change of it
+    until its push lands (``_landed`` then shows the VM's)."""
+    return vfs.cache.changed_since(path, sent_at) or (vfs.write_back and vfs.remote.decided(path)[0])
 
 
 def _same(a: Attrs, b: Attrs) -> bool:

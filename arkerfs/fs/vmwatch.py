@@ -39,17 +39,10 @@ SCAN_ENTRIES_MAX = 20_000  # without inotify: a larger home is not scanned every
 CHANGES_MAX = 20_000  # more changed paths than this in one run: the mount forgets everything
 SLACK_NS = 20_000_000  # the next run looks back this far: ctime is stamped from a clock a tick behind
 
-_CODE = """
-import ctypes,select,stat,struct,time
+_CODE = S.PY_ATTRS + """
+import ctypes,select,struct,time
 root,since,bound,quiet,cap,scancap,most,slack,force_scan=a[0],int(a[1]),float(a[2]),float(a[3]),int(a[4]),int(a[5]),int(a[6]),int(a[7]),a[8]==b'1'
 skip=root+b'/.arkerfs'
-T={stat.S_IFREG:b'f',stat.S_IFDIR:b'd',stat.S_IFLNK:b'l',stat.S_IFIFO:b'p',stat.S_IFSOCK:b's',stat.S_IFBLK:b'b',stat.S_IFCHR:b'c'}
-def tm(n):
-    x,y=divmod(n,10**9); return b'%d.%09d0'%(x,y)
-def attrs(s,full):
-    k=stat.S_IFMT(s.st_mode)
-    return (T.get(k,b'?'),b'%o'%(s.st_mode&0o7777),b'%d'%s.st_size,b'%d'%s.st_nlink,b'%d'%s.st_uid,b'%d'%s.st_gid,
-            tm(s.st_atime_ns),tm(s.st_mtime_ns),tm(s.st_ctime_ns),b'%d'%s.st_ino,os.readlink(full) if k==stat.S_IFLNK else b'')
 class Off(Exception): pass
 def mine(p): return p==skip or p.startswith(skip+b'/')
 seen={}; unknown=set(); flush=[0]; count=[0]; wd={}

@@ -78,6 +78,13 @@ class Watcher:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        try:
+            await self._watch()
+        except Exception:  # a defect here must not take the mount down: it works on without
+            log.exception("watcher: stopped by an unexpected error")
+            self._not_live("stopped by an unexpected error (logged)")
+
+    async def _watch(self) -> None:
         since, delay = 0, 1.0
         started = -SPACING
         while True:

@@ -13,7 +13,8 @@ Outcomes, per step of the run:
 - a conflict (the VM changed the file since the mount saw it): nothing of the VM's was
   overwritten; the local version was kept beside it (``NAME.conflict-<stamp>``) or in the
   recovery directory; logged at WARNING with both paths, counted, and acknowledged;
-- an errno the VM will give again (EACCES, ENOSPC, ENOENT...): the change is marked failed
+- an errno the VM will give again (EACCES, ENOSPC, ENOENT...), for one change or, from the
+  API, for the whole batch (then its first change): the change is marked failed
   (kept in the journal, retried by ``arkerfs sync``, umount and the next mount), logged at ERROR
   once, and the changes after it go on;
 - an error that may pass (EIO, the API down, an ambiguous run): the whole batch is tried again
@@ -164,7 +165,8 @@ class Pusher:
                 await self._send(batch)
             except (FsError, BatchAmbiguous) as exc:
                 self.last_error = str(exc)
-                self._count_attempt(changes[0], exc)
+                # the API itself refusing the batch (403: EACCES) answers the same to every retry
+                self._count_attempt(changes[0], exc, refused=isinstance(exc, FsError) and exc.errno in PERMANENT)
                 raise
             finally:
                 self.pushing = False
@@ -245,10 +247,15 @@ class Pusher:
             self._count_attempt(change, exc)
             raise exc
 
-    def _count_attempt(self, change: Change, exc: Exception) -> None:
-        give_up = change.attempts + 1 >= ATTEMPTS_BEFORE_FAILED
+    def _count_attempt(self, change: Change, exc: Exception, *, refused: bool = False) -> None:
+        """One more failed attempt of ``change``; marked failed after ``ATTEMPTS_BEFORE_FAILED``
+        of them, or at once when ``refused`` (an error no retry changes)."""
+        give_up = refused or change.attempts + 1 >= ATTEMPTS_BEFORE_FAILED
         self.journal.note_attempt(change.seq, str(exc), failed=give_up)
-        if give_up:
+        if refused:
+            log.error("the API refused pushing %s %s (%s); kept, retried by `arkerfs sync`",
+                      change.op, P.paths_of(change)[0].decode("utf-8", "replace"), exc)
+        elif give_up:
             log.error("gave up pushing %s %s after %d attempts (%s); kept, retried by `arkerfs sync`",
                       change.op, P.paths_of(change)[0].decode("utf-8", "replace"), change.attempts + 1, exc)
 
