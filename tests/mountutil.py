@@ -190,6 +190,13 @@ def is_write_back(args) -> bool:
     return not {"--write-through", "--read-only"} & set(args)
 
 
+def errno_of(fn, *args) -> int:
+    """The errno ``fn(*args)`` fails with (a test failure when it succeeds)."""
+    with pytest.raises(OSError) as info:
+        fn(*args)
+    return info.value.errno
+
+
 def log_problems(text: str, allowed: list[re.Pattern]) -> list[str]:
     return [line for line in text.splitlines()
             if PROBLEM.search(line) and not HARMLESS.search(line) and not any(p.search(line) for p in allowed)]

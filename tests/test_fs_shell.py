@@ -269,6 +269,24 @@ def test_xattrs_locally(tmp_path):
     assert errno_of(S.getxattr(d, b"user.k")) == E.ENODATA
 
 
+def test_listings_carry_each_entrys_user_xattr_names(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("tagged", "plain", "sub/deep"):
+        (tmp_path / name).write_bytes(b"")
+    os.symlink("plain", tmp_path / "link")
+    os.setxattr(tmp_path / "tagged", "user.b", b"2")
+    os.setxattr(tmp_path / "tagged", "user.a", b"1")
+    os.setxattr(tmp_path / "sub/deep", "user.x", b"")
+    d = os.fsencode(tmp_path)
+    _, tree = call(S.list_tree(d))
+    _, page, _ = call(S.list_dir_page(d, None))
+    for entries in (tree[b""], page):
+        names = {e.name: e.attrs.xattrs for e in entries}
+        assert sorted(names.pop(b"tagged")) == [b"user.a", b"user.b"]
+        assert names == {b"plain": (), b"link": (), b"sub": ()}  # known to have none: no call
+    assert [e.attrs.xattrs for e in tree[b"sub"]] == [(b"user.x",)]
+
+
 def test_read_small_or_stage(tmp_path):
     d = os.fsencode(tmp_path)
     (tmp_path / "f").write_bytes(b"\0\xff" * 10)

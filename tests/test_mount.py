@@ -209,6 +209,7 @@ def test_xattrs(m, api):
     assert errno_of(os.setxattr, m.p("x"), "trusted.t", b"v") == errno.ENOTSUP
 
 
+
 def test_errnos(m, api):
     assert errno_of(os.open, m.p("missing"), os.O_RDONLY) == errno.ENOENT
     os.mkdir(m.p("dir"))

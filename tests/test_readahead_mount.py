@@ -9,6 +9,7 @@ file brings its directory's and its parent subtree's small files in one run
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import time
@@ -16,7 +17,7 @@ import time
 import pytest
 
 from tests.conftest import WRITE_MODES
-from tests.mountutil import mounted
+from tests.mountutil import errno_of, mounted
 
 # nothing expires during a measurement, and nothing but the workload calls (no change watcher)
 LONG_TTL = ("--cache-ttl", "600", "--no-watch")
@@ -77,10 +78,16 @@ def test_cp_r_out_of_300_files_in_20_directories(server, api, control, mode, tmp
 
 
 @MODES
-def test_rsync_checksum_dry_run_of_an_unchanged_300_file_tree(server, api, control, mode, tmp_path):
+def test_cp_a_out_and_rsync_checksum_dry_run_of_an_unchanged_300_file_tree(server, api, control, mode, tmp_path):
     vm = vm_with_tree(api, 20, 15)
+    api.sh(vm, "python3 -c \"import os; os.setxattr('/home/user/t/d01/f01', 'user.tag', b'kept')\"")
     with mounted(server, *WRITE_MODES[mode], *LONG_TTL, vm_id=vm) as m:
-        sh("cp", "-a", m.p("t"), str(tmp_path / "copy"))
+        control.reset_stats()
+        sh("cp", "-a", m.p("t"), str(tmp_path / "copy"))  # asks every file for its xattr names too
+        measured = calls(control)
+        assert sum(measured.values()) <= 10, measured
+    assert os.getxattr(tmp_path / "copy" / "d01" / "f01", "user.tag") == b"kept"
+    assert os.listxattr(tmp_path / "copy" / "d01" / "f02") == []
     with mounted(server, *WRITE_MODES[mode], *LONG_TTL, vm_id=vm) as m:  # fresh: nothing cached
         control.reset_stats()
         out = sh("rsync", "-a", "--checksum", "--dry-run", "-i", str(tmp_path / "copy") + "/", m.p("t/"))
@@ -107,3 +114,21 @@ def test_a_file_changed_in_the_vm_is_never_served_stale_once_its_version_differs
         with open(os.path.join(os.fsencode(m.p("d")), b"x\xffy"), "rb") as f:
             assert f.read() == b"not utf-8"
         assert api.sh(vm, "ls /home/user/pwned 2>/dev/null || true") == ""
+
+
+@MODES
+def test_xattr_names_a_listing_gave_follow_the_mounts_own_changes(server, api, control, mode):
+    vm = api.fork()
+    api.sh(vm, "mkdir /home/user/xd && : > /home/user/xd/f && python3 -c "
+               "\"import os; os.setxattr('/home/user/xd/f', 'user.old', b'1')\"")
+    with mounted(server, *WRITE_MODES[mode], *LONG_TTL, vm_id=vm) as m:
+        assert os.listdir(m.p("xd")) == ["f"]  # the listing says which names f has
+        control.reset_stats()
+        assert os.listxattr(m.p("xd/f")) == ["user.old"]
+        assert errno_of(os.getxattr, m.p("xd/f"), "user.none") == errno.ENODATA
+        assert calls(control) == {}
+        os.setxattr(m.p("xd/f"), "user.new", b"2")
+        assert sorted(os.listxattr(m.p("xd/f"))) == ["user.new", "user.old"]
+        os.removexattr(m.p("xd/f"), "user.old")
+        assert os.listxattr(m.p("xd/f")) == ["user.new"]
+        assert errno_of(os.getxattr, m.p("xd/f"), "user.old") == errno.ENODATA

@@ -207,7 +207,7 @@ class MetaCache:
     def store_attrs(self, path: bytes, attrs: Attrs, generation: int) -> None:
         with self._filling(generation) as fresh:
             if fresh:
-                self._attrs[path] = attrs
+                self._attrs[path] = self._keep_xattrs(path, attrs)
                 self._negative.pop(path, None)
 
     def store_absent(self, path: bytes, generation: int) -> None:
@@ -227,7 +227,7 @@ class MetaCache:
 
     def _store_listing(self, path: bytes, attrs: Attrs, entries: list[Entry], keep_fresh: bool) -> None:
         if not (keep_fresh and path in self._attrs):
-            self._attrs[path] = attrs
+            self._attrs[path] = self._keep_xattrs(path, attrs)
         self._listings[path] = {e.name: e.attrs for e in entries}
         self._listed[path] = len(entries)
         for e in entries:
@@ -243,6 +243,7 @@ class MetaCache:
     def added(self, path: bytes, attrs: Attrs) -> None:
         """``path`` now exists with ``attrs`` (create, mkdir, upload, setattr...)."""
         self._changed(path)
+        attrs = self._keep_xattrs(path, attrs)
         self._attrs[path] = attrs
         self._negative.pop(path, None)
         listing = self._listings.get(parent_of(path))
@@ -301,6 +302,27 @@ class MetaCache:
         listing = self._listings.get(parent_of(path))
         if listing is not None and name_of(path) in listing:
             listing[name_of(path)] = changed
+
+    def xattrs_changed(self, path: bytes) -> None:
+        """The mount set or removed an xattr of ``path``: its names are asked of the VM again."""
+        self._changed(path)
+        attrs = self._attrs.get(path)
+        if attrs is not None:
+            self._attrs[path] = replace(attrs, xattrs=None)
+        listing = self._listings.get(parent_of(path))
+        if listing is not None and name_of(path) in listing:
+            listing[name_of(path)] = replace(listing[name_of(path)], xattrs=None)
+
+    def _keep_xattrs(self, path: bytes, attrs: Attrs) -> Attrs:
+        """``attrs`` with the xattr names a listing gave for this very version of ``path`` (same
+        inode, same ctime: setting or removing an xattr moves the ctime), so a directory's own
+        attrs or an lstat do not lose what its parent's listing said."""
+        if attrs.xattrs is None:
+            known = self.attrs(path)
+            if (known is not None and known.xattrs is not None and known.remote_ino == attrs.remote_ino
+                    and known.ctime_ns == attrs.ctime_ns):
+                return replace(attrs, xattrs=known.xattrs)
+        return attrs
 
     def invalidate(self, path: bytes) -> None:
         """Forget everything known about ``path`` (and below): the next access asks the remote."""

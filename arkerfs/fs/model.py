@@ -7,7 +7,7 @@ remote name need not be valid UTF-8. Paths are absolute VM paths (``b"/home/user
 from __future__ import annotations
 
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,9 @@ class Attrs:
     remote_ino: int = 0  # the VM's inode number: groups hard links, never exposed as st_ino
     symlink_target: bytes | None = None
     rdev: int = 0
+    # the node's user.* xattr names when a listing said (None: not known, ask the VM); not part
+    # of equality: two lstats of one version compare equal whether or not they carry them
+    xattrs: tuple[bytes, ...] | None = field(default=None, compare=False)
 
     @property
     def is_dir(self) -> bool:

@@ -23,7 +23,8 @@ Script conventions (the contract between the builders here and ``RemoteFS``):
   script prints ``X<NUL><status><NUL>``, so each fragment's outcome is recoverable on its own.
   Tags: ``A`` attrs of a node (11 fields), ``E`` a directory entry (name + 11), ``V`` a value,
   ``S`` statfs (8), ``P`` a staged copy, ``C`` where a conflicting local version was kept
-  (``batch.install``), ``X`` the end of a fragment.
+  (``batch.install``), ``Y`` a listed entry's user xattr name (python listings: so a
+  ``cp -a`` out of the mount asks nothing per file), ``X`` the end of a fragment.
 * Names are quoted with ``shlex.quote`` when they are UTF-8 (the JSON command string carries
   them as they are) and with bash ANSI-C quoting ``$'\\xNN'`` otherwise. Every path is absolute
   (so no tool mistakes it for an option) and ``--`` is passed wherever the tool accepts it.
@@ -54,7 +55,7 @@ import shlex
 import stat
 import textwrap
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from arkerfs.fs.errors import FsError
@@ -320,7 +321,9 @@ def _python(missing: int, body: str, *args: bytes) -> str:
 Record = tuple[bytes, list[bytes]]
 ARITY = {b"A": 11, b"E": 12, b"V": 1, b"S": 8, b"P": 1, b"X": 1, b"C": 1, b"R": 4, b"L": 1, b"T": 13, b"M": 1,
          # the change watcher's (``vmwatch``)
-         b"U": 12, b"G": 1, b"D": 1, b"N": 1, b"Z": 4}
+         b"U": 12, b"G": 1, b"D": 1, b"N": 1, b"Z": 4,
+         # a listed entry's user xattr name (``_with_xattrs``)
+         b"Y": 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,7 +497,7 @@ def list_dir(path: bytes, limit: int | None = LIST_PAGE) -> Fragment:
 
 # For python3 snippets that print attrs: ``attrs(stat_result, path)`` gives the 11 fields of an
 # ``A`` record (``parse_attrs``), as ``_ATTR_FMT`` prints them from ``find``.
-PY_ATTRS = """import stat
+PY_ATTRS = """import stat,errno
 T={stat.S_IFREG:b'f',stat.S_IFDIR:b'd',stat.S_IFLNK:b'l',stat.S_IFIFO:b'p',stat.S_IFSOCK:b's',stat.S_IFBLK:b'b',stat.S_IFCHR:b'c'}
 def tm(n):
     x,y=divmod(n,10**9); return b'%d.%09d0'%(x,y)
@@ -502,6 +505,10 @@ def attrs(s,full):
     k=stat.S_IFMT(s.st_mode)
     return (T.get(k,b'?'),b'%o'%(s.st_mode&0o7777),b'%d'%s.st_size,b'%d'%s.st_nlink,b'%d'%s.st_uid,b'%d'%s.st_gid,
             tm(s.st_atime_ns),tm(s.st_mtime_ns),tm(s.st_ctime_ns),b'%d'%s.st_ino,os.readlink(full) if k==stat.S_IFLNK else b'')
+def xattrs(rel,name,full):
+    try: names=[os.fsencode(x) for x in os.listxattr(full,follow_symlinks=False) if x.startswith('user.')]
+    except OSError as e: names=[] if e.errno==errno.EOPNOTSUPP else [b'']
+    for x in names: out(b'Y',rel,name,x)
 """
 
 
@@ -520,6 +527,7 @@ for name in names[start:start+limit]:
     try: e=os.lstat(f)
     except FileNotFoundError: continue
     out(b'E',name,*attrs(e,f))
+    xattrs(b'',name,f)
 out(b'M',b'1' if start+limit<len(names) else b'0')
 out(b'A',*attrs(os.lstat(p),p))
 """
@@ -530,7 +538,26 @@ out(b'A',*attrs(os.lstat(p),p))
 
 def _page(records: list[Record]) -> tuple[Attrs, list[Entry], bool]:
     attrs, entries = _listing(records)
-    return attrs, entries, only(records, b"M")[0] == b"1"
+    return attrs, _with_xattrs(_xattr_names(records), b"", entries), only(records, b"M")[0] == b"1"
+
+
+def _xattr_names(records: list[Record]) -> dict[tuple[bytes, bytes], list[bytes]]:
+    """(directory relative to the listed one, name) -> the user xattr names a python listing
+    gave (``Y`` records; an empty name: they could not be read)."""
+    names: dict[tuple[bytes, bytes], list[bytes]] = {}
+    for tag, fields in records:
+        if tag == b"Y":
+            names.setdefault((fields[0], fields[1]), []).append(fields[2])
+    return names
+
+
+def _with_xattrs(names: dict[tuple[bytes, bytes], list[bytes]], rel: bytes, entries: list[Entry]) -> list[Entry]:
+    """``entries`` of directory ``rel`` knowing their user xattr names (unreadable: unknown)."""
+    known = []
+    for e in entries:
+        found = names.get((rel, e.name), [])
+        known.append(Entry(e.name, replace(e.attrs, xattrs=None if b"" in found else tuple(found))))
+    return known
 
 
 TREE_ENTRIES_MAX = 5000  # entries of one subtree listing: about 500 KB of output (PROTOCOL §7.6)
@@ -563,6 +590,7 @@ while queue:
         try: e=os.lstat(f)
         except FileNotFoundError: continue
         out(b'T',rel,name,*attrs(e,f))
+        xattrs(rel,name,f)
         if stat.S_ISDIR(e.st_mode): queue.append(rel+b'/'+name if rel else name)
 out(b'A',*attrs(os.lstat(root),root))
 """
@@ -578,7 +606,8 @@ def _tree(records: list[Record]) -> tuple[Attrs, dict[bytes, list[Entry]]]:
             tree[fields[0]] = []
         elif tag == b"T" and fields[2] in _TYPE_BITS:
             tree[fields[0]].append(Entry(fields[1], parse_attrs(fields[2:])))
-    return own, tree
+    names = _xattr_names(records)
+    return own, {rel: _with_xattrs(names, rel, entries) for rel, entries in tree.items()}
 
 
 def readlink(path: bytes) -> Fragment:

@@ -629,21 +629,43 @@ class VFS:
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         if name == STATE_XATTR:
             return self.sync_state(ino).encode()
-        return await self.remote.getxattr(self.inodes.path(ino), _user_xattr(name))
+        path = self.inodes.path(ino)
+        known = self._known_xattrs(path)
+        if known is not None and _user_xattr(name) not in known:
+            raise FsError(errno.ENODATA, "no such attribute")
+        return await self.remote.getxattr(path, _user_xattr(name))
 
     async def listxattr(self, ino: int) -> list[bytes]:
-        names = await self.remote.listxattr(self.inodes.path(ino))
+        path = self.inodes.path(ino)
+        known = self._known_xattrs(path)
+        names = list(known) if known is not None else await self.remote.listxattr(path)
         return [n for n in names if n.startswith(b"user.")]
+
+    def _known_xattrs(self, path: bytes) -> tuple[bytes, ...] | None:
+        """The user xattr names of ``path`` its cached listing entry carries (``cp -a`` asks of
+        every file it copies: no call); None when not known (or pending: the port answers)."""
+        if self.write_back and self.remote.decided(path)[0]:
+            return None
+        attrs = self.cache.attrs(path)
+        return None if attrs is None else attrs.xattrs
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int) -> None:
         self._writable()
         _not_state_xattr(name)
-        await self.remote.setxattr(self.inodes.path(ino), _user_xattr(name), value, flags)
+        path = self.inodes.path(ino)
+        try:
+            await self.remote.setxattr(path, _user_xattr(name), value, flags)
+        finally:  # even a failed one may have changed them (an answer lost on the way)
+            self.cache.xattrs_changed(path)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
         self._writable()
         _not_state_xattr(name)
-        await self.remote.removexattr(self.inodes.path(ino), _user_xattr(name))
+        path = self.inodes.path(ino)
+        try:
+            await self.remote.removexattr(path, _user_xattr(name))
+        finally:
+            self.cache.xattrs_changed(path)
 
     # == internals =============================================================================
     def _writable(self) -> None:
