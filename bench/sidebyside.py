@@ -148,8 +148,8 @@ def _measure(target, proxy: DelayProxy, workload: Workload, fixtures: Path, work
                 elif workload.kind == "write":
                     push = target.push(mnt)
                     sample["pushed_s"] = None if push is None else sample["wall_s"] + push
-            # vm-change: the changes' own runs go to the same server; its calls are not the mount's
-            sample["calls"] = {} if workload.measure else target.calls()
+            if not workload.measure:  # a measurement counts the mount's calls itself
+                sample["calls"] = target.calls()
         sample["umount_s"] = target.last_umount_s
     except (subprocess.CalledProcessError, RuntimeError, OSError) as exc:
         sample["error"] = f"{type(exc).__name__}: {exc}"
@@ -232,11 +232,14 @@ def _summarize(opts: Options, sizes: Sizes, chosen: list[Workload], samples: dic
             "target": target, "files": workload.files, "runs": runs,
             "wall_s": _median([s["wall_s"] for s in ok]),
             "pushed_s": _median(pushed),
-            "calls": calls if target != "sshfs" and not workload.measure else None,
-            "calls_per_file": (sum(calls.values()) / workload.files)
-            if target != "sshfs" and not workload.measure and ok else None,
+            "calls": calls if target != "sshfs" else None,
+            "calls_per_file": (sum(calls.values()) / workload.files) if target != "sshfs" and ok else None,
             "errors": [s["error"] for s in runs if "error" in s],
         }
+        if any("changes" in s for s in ok):  # vm-change: seconds to visible, per change (median)
+            labels = [label for label in ok[0]["changes"]]
+            row["changes_s"] = {label: _median([s["changes"][label] for s in ok if label in s["changes"]])
+                                for label in labels}
         if workload.kind == "write" and target == "arkerfs" and row["pushed_s"] is None and ok:
             row["pushed_note"] = NOT_PUSHED_NOTE
         rows.append(row)
@@ -312,6 +315,10 @@ def print_tables(result: dict) -> None:
         if any(r.get("pushed_note") for r in rows):
             print(f"pushed s: {NOT_PUSHED_NOTE}: no `arkerfs sync` yet, the wall time already includes "
                   "the upload.")
+        for r in rows:
+            if r.get("changes_s"):
+                print(f"{r['workload']} on {r['target']}, seconds to visible: "
+                      + " ".join(f"{label}={s:.2f}" for label, s in r["changes_s"].items()))
         for r in rows:
             for error in r["errors"]:
                 print(f"FAILED {r['workload']} on {r['target']}: {error}")

@@ -69,6 +69,16 @@ class ArkerfsTarget:
     def start(self) -> None:
         self.server.start()
         self.vm_id = trio.run(self._fork)
+        self.vm_shell_calls = self._calls_of_one_vm_shell()
+
+    def _calls_of_one_vm_shell(self) -> dict[str, int]:
+        """What one ``vm_shell`` costs the server (counted once, with no mount running), so a
+        measurement that changes the VM can count the mount's own calls apart from its changes."""
+        self.reset_calls()
+        self.vm_shell("true")
+        calls = self.calls()
+        self.reset_calls()
+        return calls
 
     def close(self) -> None:
         self.server.stop()
@@ -288,6 +298,8 @@ class SshfsTarget:
 
     def calls(self) -> dict[str, int]:
         return {}
+
+    vm_shell_calls: dict[str, int] = {}  # a change on the export costs sshfs's server nothing countable
 
     def push(self, mnt: Path) -> float | None:
         return None  # sshfs writes through: close() waits for the server's replies
