@@ -136,6 +136,26 @@ class Overlay:
         else:
             self.origin[new] = self.origin.get(existing, existing)
 
+    # == a push landed ========================================================================
+    # A name still pending may read bytes the VM now has under another name: content written
+    # and pushed (its spool file goes with the acknowledgement) then renamed again here, or a
+    # name renamed twice (git: tmp_pack → .tmp-pack → pack-*.pack) whose first rename landed.
+
+    def content_landed(self, path: bytes, spool_file: str) -> None:
+        """The write of ``spool_file`` to ``path`` is in the VM: names showing those bytes read
+        them from ``path`` there."""
+        for name, spooled in list(self.content.items()):
+            if spooled.file == spool_file:
+                del self.content[name]
+                if name != path:
+                    self.origin[name] = path
+
+    def rename_landed(self, old: bytes, new: bytes) -> None:
+        """The VM renamed ``old`` to ``new``: names reading their bytes from ``old`` read ``new``."""
+        for name, origin in list(self.origin.items()):
+            if origin == old:
+                self.origin[name] = new
+
     def retitle(self, path: bytes, attrs: Attrs, seq: int) -> None:
         """New attrs for ``path`` (chmod, utimens), content unchanged."""
         self._set(path, attrs, seq)

@@ -116,6 +116,18 @@ class WriteBack:
         return attrs.symlink_target
 
     async def open_read(self, path: bytes):
+        try:
+            return await self._open_read(path)
+        except FsError as exc:
+            # a pending name reads its bytes from the VM name they have there, which the batch
+            # in flight may be renaming right now (git renames a file twice in a row): once
+            # that batch lands, the overlay says where they are
+            if exc.errno != errno.ENOENT or path not in self.overlay:
+                raise
+        await self.pusher.batch_landed()
+        return await self._open_read(path)
+
+    async def _open_read(self, path: bytes):
         decided, attrs = self.overlay.known(path)
         if decided and attrs is None:
             raise FsError(errno.ENOENT, "removed here (not yet pushed)")
@@ -405,7 +417,12 @@ class WriteBack:
             log.info("journal: %d change(s) left by an earlier mount will be pushed", len(changes))
         return len(changes)
 
-    def _landed(self, final: dict[bytes, Attrs | None], floor: int) -> None:
+    def _landed(self, final: dict[bytes, Attrs | None], floor: int, applied: list[Change]) -> None:
+        for change in applied:  # pending names find their bytes where the VM has them now
+            if change.op == "write" and change.content is not None:
+                self.overlay.content_landed(os.fsencode(change.args["path"]), change.content)
+            elif change.op == "rename":
+                self.overlay.rename_landed(os.fsencode(change.args["old"]), os.fsencode(change.args["new"]))
         trimmed = self.overlay.trim(floor)
         # a directory whose entries still change in the overlay shows the mount's view of its
         # mtime and link count, not what the VM had when the batch ran

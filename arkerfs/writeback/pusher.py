@@ -65,11 +65,13 @@ class Conflict:
 
 
 class Pusher:
-    """See the module doc. ``landed(paths_attrs, floor)`` is told, after each batch, the VM's
-    attrs of the paths the batch left (path -> Attrs, or None for a name it removed) and the
-    newest seq below which every change is acknowledged."""
+    """See the module doc. ``landed(paths_attrs, floor, applied)`` is told, after each batch, the
+    VM's attrs of the paths the batch left (path -> Attrs, or None for a name it removed), the
+    newest seq below which every change is acknowledged, and the changes the VM applied, in
+    order."""
 
-    def __init__(self, journal: Journal, remote, landed: Callable[[dict[bytes, Attrs | None], int], None], *,
+    def __init__(self, journal: Journal, remote,
+                 landed: Callable[[dict[bytes, Attrs | None], int, list[Change]], None], *,
                  quiet: float = QUIET, max_delay: float = MAX_DELAY, clock=time.monotonic) -> None:
         self.journal = journal
         self.remote = remote
@@ -148,6 +150,11 @@ class Pusher:
                 await trio.sleep(min(BACKOFF_MAX, 0.2 * 2 ** failures))
         return [c for c in self.journal.pending() if c.failed is not None]
 
+    async def batch_landed(self) -> None:
+        """Return once the batch in flight, if any, has landed (or failed)."""
+        async with self._lock:
+            pass
+
     # == one batch =============================================================================
     async def push_batch(self) -> None:
         async with self._lock:
@@ -183,6 +190,7 @@ class Pusher:
                                            for u in batch.uploads])
         results = await self.remote.run_batch([s.fragment for s in batch.steps]) if batch.steps else []
         done: list[int] = list(batch.skipped)
+        applied: list[Change] = []
         final: dict[bytes, Attrs | None] = {}
         try:
             for step, (outcome, value) in zip(batch.steps, results):
@@ -190,12 +198,13 @@ class Pusher:
                     self._refused(step.change, value)  # raises when worth another try
                     break
                 done += step.seqs
+                applied.append(step.change)
                 self._note_result(step, value, final)
         finally:  # what the VM has is acknowledged even when the batch stopped early
             self.journal.acknowledge(done)
             pending = self.journal.pending(limit=1)
             floor = pending[0].seq - 1 if pending else batch.last_seq
-            self._landed_cb(final, floor)
+            self._landed_cb(final, floor, applied)
 
     def _note_result(self, step: P.Step, value, final: dict[bytes, Attrs | None]) -> None:
         change = step.change

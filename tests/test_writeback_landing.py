@@ -1,0 +1,108 @@
+"""What a landed push leaves for the names still pending (write-back, in-process: VFS over the
+port and a real journal on a LocalVM). A name renamed again while the push of its first rename
+(or of its content) was in flight reads its bytes from where the VM has them once that push
+lands: git writes ``tmp_pack``, renames it to ``.tmp-pack`` and then to ``pack-*.pack`` in
+quick succession, and reads it back through ``mmap`` (an error there is a SIGBUS)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import trio
+
+from arkerfs.fs.remote import RemoteFS
+from arkerfs.fs.vfs import VFS, Options
+from arkerfs.writeback.journal import Journal
+from arkerfs.writeback.port import WriteBack
+from tests.localvm import LocalVM
+from tests.vfsdriver import VfsDriver
+
+
+class HeldAnswers:
+    """The remote of a pusher whose batches are applied in the VM, then answered only once
+    ``release`` is set: the window in which the VM has a rename the mount has not heard of."""
+
+    def __init__(self, remote) -> None:
+        self.remote = remote
+        self.applied = trio.Event()
+        self.release = trio.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self.remote, name)
+
+    async def run_batch(self, fragments):
+        results = await self.remote.run_batch(fragments)
+        self.applied.set()
+        await self.release.wait()
+        return results
+
+
+def mount_of(vm, tmp_path) -> tuple[WriteBack, VfsDriver]:
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    port = WriteBack(RemoteFS(vm), Journal(Path(tmp_path / "journal"), "vm-under-test"))
+    return port, VfsDriver(VFS(port, b"/home/user", str(spool), Options(cache_ttl=600)))
+
+
+async def write(fs: VfsDriver, path: bytes, data: bytes) -> None:
+    fd = await fs.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    await fs.write(fd, data)
+    await fs.close(fd)
+
+
+async def read(fs: VfsDriver, path: bytes) -> bytes:
+    fd = await fs.open(path, os.O_RDONLY)
+    try:
+        return await fs.read(fd, 1 << 20)
+    finally:
+        await fs.close(fd)
+
+
+async def test_a_pending_name_read_while_the_vm_renames_its_bytes_waits_for_that_push(tmp_path):
+    async with LocalVM(str(tmp_path / "vm")) as vm:
+        port, fs = mount_of(vm, tmp_path)
+        await write(fs, b"main.lock", b"ref")
+        await port.drain(retry_failed=False)
+        await fs.rename(b"main.lock", b"main")  # the bytes are in the VM, as main.lock until pushed
+        held = port.pusher.remote = HeldAnswers(port.pusher.remote)
+        got: list[bytes] = []
+
+        async def reader() -> None:
+            got.append(await read(fs, b"main"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(port.pusher.push_batch)
+            await held.applied.wait()  # the VM has main now; the mount has not heard yet
+            nursery.start_soon(reader)
+            await trio.sleep(0.3)
+            assert got == []  # it met no main.lock in the VM, and waits for the answer
+            held.release.set()
+        assert got == [b"ref"]
+
+
+async def test_a_name_renamed_again_during_a_push_reads_its_bytes_once_the_push_lands(tmp_path):
+    async with LocalVM(str(tmp_path / "vm")) as vm:
+        port, fs = mount_of(vm, tmp_path)
+
+        def in_vm() -> list[str]:
+            return sorted(n for n in os.listdir(vm.home) if n != ".arkerfs")
+
+        await write(fs, b"in_vm", b"content already pushed")
+        await port.drain(retry_failed=False)
+        await fs.rename(b"in_vm", b"idx.tmp")  # pushed next: the VM's name changes under it
+        await write(fs, b"pending", b"content still in the journal")
+        await fs.rename(b"pending", b"pack.tmp")  # pushed next with its content
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(port.pusher.push_batch)
+            while not port.pusher.pushing:
+                await trio.sleep(0)
+            # renamed again while that batch is in flight: these renames go in the next one
+            await fs.rename(b"idx.tmp", b"pack.idx")
+            await fs.rename(b"pack.tmp", b"pack.pack")
+        assert in_vm() == ["idx.tmp", "pack.tmp"]  # the first batch only
+        assert await read(fs, b"pack.idx") == b"content already pushed"
+        assert await read(fs, b"pack.pack") == b"content still in the journal"
+        await port.drain(retry_failed=False)
+        assert in_vm() == ["pack.idx", "pack.pack"]
+        assert await read(fs, b"pack.idx") == b"content already pushed"
