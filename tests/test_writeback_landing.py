@@ -106,3 +106,32 @@ async def test_a_name_renamed_again_during_a_push_reads_its_bytes_once_the_push_
         await port.drain(retry_failed=False)
         assert in_vm() == ["pack.idx", "pack.pack"]
         assert await read(fs, b"pack.idx") == b"content already pushed"
+
+
+async def test_a_pushed_file_keeps_the_ctime_the_mount_showed_until_the_vm_changes_it(tmp_path):
+    """The VM stamps its own ctime when a push installs a file; showing that one afterwards
+    would move the ctime with no change (git then takes every file it wrote for modified)."""
+    now = [0.0]
+    async with LocalVM(str(tmp_path / "vm")) as vm:
+        spool = tmp_path / "spool"
+        spool.mkdir(mode=0o700)
+        port = WriteBack(RemoteFS(vm), Journal(Path(tmp_path / "journal"), "vm-under-test"))
+        fs = VfsDriver(VFS(port, b"/home/user", str(spool), Options(cache_ttl=3), timer=lambda: now[0]))
+        await write(fs, b"f", b"data")
+        before = await fs.lstat(b"f")
+        shown = before.st_ctime_ns
+        await trio.sleep(0.05)  # the VM's clock moves on before the push
+        await port.drain(retry_failed=False)
+        assert os.lstat(os.path.join(vm.home, "f")).st_ctime_ns != shown
+        after = await fs.lstat(b"f")
+        assert (after.st_ctime_ns, after.st_mtime_ns, after.st_ino, after.st_size) == \
+            (shown, before.st_mtime_ns, before.st_ino, before.st_size)  # what git compares
+        now[0] += 10  # past the TTL: asked of the VM again
+        fs.drop_caches()
+        assert (await fs.lstat(b"f")).st_ctime_ns == shown
+        assert [e for e in await fs.listdir(b"") if e == b"f"] == [b"f"]
+        assert (await fs.lstat(b"f")).st_ctime_ns == shown
+        os.chmod(os.path.join(vm.home, "f"), 0o600)  # changed in the VM: its ctime shows
+        now[0] += 10
+        fs.drop_caches()
+        assert (await fs.lstat(b"f")).st_ctime_ns == os.lstat(os.path.join(vm.home, "f")).st_ctime_ns

@@ -289,3 +289,29 @@ def test_git_add_and_commit_of_50_changed_files_costs_a_few_batches(server, api,
         assert api.sh(m.vm_id, f"{vm_git} log --format=%s") == "second\nfirst\n"
         assert api.sh(m.vm_id, f"{vm_git} fsck --full --strict 2>&1; echo rc=$?").endswith("rc=0\n")
         assert api.sh(m.vm_id, f"{vm_git} status --porcelain") == ""
+
+
+def test_a_pushed_file_keeps_its_ctime_so_git_sees_nothing_modified(server, api, control):
+    """The VM stamps its own ctime when a push installs a file, a moment after the mount
+    showed one: the mount goes on showing its own, so a stat never moves without a change
+    (git compares ctimes: it would take every file it wrote for modified)."""
+    from tests.test_tools_apps import GIT_ENV
+
+    with mounted(server, *WRITE_BACK) as m:
+        repo = m.p("repo")
+        os.mkdir(repo)
+        run("git", "init", "-q", "-b", "main", cwd=repo, env=GIT_ENV)
+        control.set_faults(latency_ms=300)  # every push lands well after git's stats
+        for i in range(5):
+            with open(os.path.join(repo, f"f{i}"), "w") as f:
+                f.write(f"{i}\n")
+        before = [os.stat(os.path.join(repo, f"f{i}")) for i in range(5)]
+        run("git", "add", "-A", cwd=repo, env=GIT_ENV)
+        control.clear_faults()
+        pushed(m.path)
+        after = [os.stat(os.path.join(repo, f"f{i}")) for i in range(5)]
+        assert [s.st_ctime_ns for s in after] == [s.st_ctime_ns for s in before]
+        vm_ctime = api.sh(m.vm_id, f"python3 -c 'import os; print(os.lstat(\"{HOME}/repo/f0\").st_ctime_ns)'")
+        assert int(vm_ctime) != before[0].st_ctime_ns  # the VM's own stamp, which the mount does not show
+        # no file stat-dirty against git's index, without git refreshing it
+        assert subprocess.run(["git", "diff-files", "--quiet"], cwd=repo, env={**os.environ, **GIT_ENV}).returncode == 0

@@ -114,6 +114,8 @@ class MetaCache:
         self._statfs: cachetools.TTLCache = cachetools.TTLCache(1, statfs_ttl, timer=timer)
         # path -> the generation of the mount's last change to it (``changed_since``)
         self._changed_at: cachetools.LRUCache = cachetools.LRUCache(max_entries // 2 or 1)
+        # path -> (VM inode, VM ctime, ctime shown) of a version the mount pushed (``keep_ctime``)
+        self._shown_ctime: cachetools.LRUCache = cachetools.LRUCache(max_entries // 2 or 1)
         self._recording = True
         # a TTL switch (``set_ttl``): fills begun just before it are still stored, with the
         # shorter of the two TTLs (``_fill_ttl``)
@@ -207,7 +209,7 @@ class MetaCache:
     def store_attrs(self, path: bytes, attrs: Attrs, generation: int) -> None:
         with self._filling(generation) as fresh:
             if fresh:
-                self._attrs[path] = self._keep_xattrs(path, attrs)
+                self._attrs[path] = self._as_stored(path, attrs)
                 self._negative.pop(path, None)
 
     def store_absent(self, path: bytes, generation: int) -> None:
@@ -227,13 +229,14 @@ class MetaCache:
 
     def _store_listing(self, path: bytes, attrs: Attrs, entries: list[Entry], keep_fresh: bool) -> None:
         if not (keep_fresh and path in self._attrs):
-            self._attrs[path] = self._keep_xattrs(path, attrs)
-        self._listings[path] = {e.name: e.attrs for e in entries}
+            self._attrs[path] = self._as_stored(path, attrs)
+        stored = {e.name: self._as_stored(path + b"/" + e.name, e.attrs) for e in entries}
+        self._listings[path] = stored
         self._listed[path] = len(entries)
-        for e in entries:
-            child = path + b"/" + e.name
+        for name, child_attrs in stored.items():
+            child = path + b"/" + name
             if not (keep_fresh and child in self._attrs):
-                self._attrs[child] = e.attrs
+                self._attrs[child] = child_attrs
             self._negative.pop(child, None)
 
     def store_statfs(self, value: StatFs) -> None:
@@ -243,7 +246,7 @@ class MetaCache:
     def added(self, path: bytes, attrs: Attrs) -> None:
         """``path`` now exists with ``attrs`` (create, mkdir, upload, setattr...)."""
         self._changed(path)
-        attrs = self._keep_xattrs(path, attrs)
+        attrs = self._as_stored(path, attrs)
         self._attrs[path] = attrs
         self._negative.pop(path, None)
         listing = self._listings.get(parent_of(path))
@@ -312,6 +315,29 @@ class MetaCache:
         listing = self._listings.get(parent_of(path))
         if listing is not None and name_of(path) in listing:
             listing[name_of(path)] = replace(listing[name_of(path)], xattrs=None)
+
+    def keep_ctime(self, path: bytes, landed: Attrs, shown_ctime_ns: int) -> None:
+        """The mount's own change of ``path`` landed as the VM's ``landed`` version: that version
+        goes on showing the ctime the mount showed (the VM stamps its own when the push runs; a
+        ctime that moves with no change makes git take every pushed file for modified)."""
+        if landed.ctime_ns != shown_ctime_ns:
+            self._shown_ctime[path] = (landed.remote_ino, landed.ctime_ns, shown_ctime_ns)
+
+    def as_shown(self, path: bytes, attrs: Attrs) -> Attrs:
+        """``attrs`` as the VM gives them, with the ctime the mount showed for that very version
+        (``keep_ctime``); any later change in the VM moves the ctime, and the VM's shows."""
+        alias = self._shown_ctime.get(path)
+        if alias is not None and alias[:2] == (attrs.remote_ino, attrs.ctime_ns):
+            return replace(attrs, ctime_ns=alias[2])
+        return attrs
+
+    def entries_as_shown(self, directory: bytes, entries: list[Entry]) -> list[Entry]:
+        if not self._shown_ctime:
+            return entries
+        return [Entry(e.name, self.as_shown(directory + b"/" + e.name, e.attrs)) for e in entries]
+
+    def _as_stored(self, path: bytes, attrs: Attrs) -> Attrs:
+        return self._keep_xattrs(path, self.as_shown(path, attrs))
 
     def _keep_xattrs(self, path: bytes, attrs: Attrs) -> Attrs:
         """``attrs`` with the xattr names a listing gave for this very version of ``path`` (same

@@ -753,7 +753,7 @@ class VFS:
                     self.cache.store_absent(path, generation)
                 raise
             self.cache.store_attrs(path, value, generation)
-            return value
+            return self.cache.as_shown(path, value)
 
         return await self._flights.do(("lstat", path), fill)
 
@@ -785,11 +785,11 @@ class VFS:
         if self.cache.is_absent(path):
             raise FsError(errno.ENOENT, "not in the directory's listing")
         if path == source:
-            return dir_attrs
+            return self.cache.as_shown(path, dir_attrs)
         name = name_of(path)
         for entry in entries:
             if entry.name == name:
-                return entry.attrs
+                return self.cache.as_shown(path, entry.attrs)
         raise FsError(errno.ENOENT, "not in the directory's listing")
 
     async def _listing(self, path: bytes) -> list[Entry]:
@@ -818,10 +818,10 @@ class VFS:
                         raise
                 else:
                     self._store_tree(path, attrs, tree, generation)
-                    return attrs, tree[b""]
+                    return self.cache.as_shown(path, attrs), self.cache.entries_as_shown(path, tree[b""])
             attrs, entries = await self.remote.list_dir(path)
             self.cache.store_listing(path, attrs, entries, generation, keep_fresh=refresh)
-            return attrs, entries
+            return self.cache.as_shown(path, attrs), self.cache.entries_as_shown(path, entries)
 
         return await self._flights.do(("list", path), fill)
 
@@ -1017,14 +1017,17 @@ class VFS:
             return True, attrs
         return (True, None) if self.cache.is_absent(path) else (False, None)
 
-    def _landed(self, final: dict[bytes, Attrs | None], trimmed: list[bytes]) -> None:
-        """A push was acknowledged: paths that left the overlay show the VM's attrs now. A
-        watcher report on its way may have seen the VM before this push (a name the push
-        renamed away still there): it is older than the mount's view of every path it left."""
+    def _landed(self, final: dict[bytes, Attrs | None], trimmed: list[bytes], shown: dict[bytes, int]) -> None:
+        """A push was acknowledged: paths that left the overlay show the VM's attrs now, with
+        the ctime the mount showed (``shown``; see ``MetaCache.keep_ctime``). A watcher report
+        on its way may have seen the VM before this push (a name the push renamed away still
+        there): it is older than the mount's view of every path it left."""
         for path in trimmed:
             self.cache.settled(path)
             attrs = final.get(path)
             if attrs is not None:
+                if path in shown:
+                    self.cache.keep_ctime(path, attrs, shown[path])
                 self.cache.added(path, attrs)
             elif path in final:  # removed there, or a conflict left the VM's version
                 self.cache.invalidate(path)

@@ -70,6 +70,8 @@ def _one(vfs, path: bytes, attrs: Attrs | None, notes: KernelNotes, sent_at: int
             vfs.write_back and attrs is not None and attrs.is_dir and vfs.remote.overlay.has_children(path)):
         return  # a directory with pending entries shows the mount's view of its mtime and links
     cached, was_absent = cache.attrs(path), cache.is_absent(path)
+    if attrs is not None:
+        attrs = cache.as_shown(path, attrs)  # a version the mount pushed keeps the ctime it showed
     if attrs is None:
         if cached is None and was_absent:
             return

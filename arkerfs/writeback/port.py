@@ -61,7 +61,7 @@ class WriteBack:
         self.overlay = Overlay()
         self.owner = owner
         self.peek = lambda path: (False, None)
-        self.landed = lambda final, trimmed: None  # set by the VFS: refresh its caches
+        self.landed = lambda final, trimmed, shown: None  # set by the VFS: refresh its caches
         self.pusher = Pusher(journal, remote, self._landed)
         self._ino = itertools.count(SYNTHETIC_INO + time.time_ns() // 1000 % (1 << 40))
         self.replayed = self._replay()
@@ -423,10 +423,13 @@ class WriteBack:
                 self.overlay.content_landed(os.fsencode(change.args["path"]), change.content)
             elif change.op == "rename":
                 self.overlay.rename_landed(os.fsencode(change.args["old"]), os.fsencode(change.args["new"]))
+        # the ctime the mount showed of each file it pushed (the VM's is the push's own time)
+        shown = {path: node.ctime_ns for path, attrs in final.items()
+                 if attrs is not None and not attrs.is_dir and (node := self.overlay.nodes.get(path)) is not None}
         trimmed = self.overlay.trim(floor)
         # a directory whose entries still change in the overlay shows the mount's view of its
         # mtime and link count, not what the VM had when the batch ran
-        self.landed(final, [p for p in trimmed if not self.overlay.has_children(p)])
+        self.landed(final, [p for p in trimmed if not self.overlay.has_children(p)], shown)
 
     def _view(self, path: bytes) -> tuple[bool, Attrs | None]:
         decided, attrs = self.overlay.known(path)
