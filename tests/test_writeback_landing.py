@@ -7,6 +7,7 @@ quick succession, and reads it back through ``mmap`` (an error there is a SIGBUS
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import trio
@@ -38,11 +39,11 @@ class HeldAnswers:
         return results
 
 
-def mount_of(vm, tmp_path) -> tuple[WriteBack, VfsDriver]:
+def mount_of(vm, tmp_path, options: Options = Options(cache_ttl=600), timer=time.monotonic) -> tuple[WriteBack, VfsDriver]:
     spool = tmp_path / "spool"
     spool.mkdir(mode=0o700)
     port = WriteBack(RemoteFS(vm), Journal(Path(tmp_path / "journal"), "vm-under-test"))
-    return port, VfsDriver(VFS(port, b"/home/user", str(spool), Options(cache_ttl=600)))
+    return port, VfsDriver(VFS(port, b"/home/user", str(spool), options, timer=timer))
 
 
 async def write(fs: VfsDriver, path: bytes, data: bytes) -> None:
@@ -113,10 +114,7 @@ async def test_a_pushed_file_keeps_the_ctime_the_mount_showed_until_the_vm_chang
     would move the ctime with no change (git then takes every file it wrote for modified)."""
     now = [0.0]
     async with LocalVM(str(tmp_path / "vm")) as vm:
-        spool = tmp_path / "spool"
-        spool.mkdir(mode=0o700)
-        port = WriteBack(RemoteFS(vm), Journal(Path(tmp_path / "journal"), "vm-under-test"))
-        fs = VfsDriver(VFS(port, b"/home/user", str(spool), Options(cache_ttl=3), timer=lambda: now[0]))
+        port, fs = mount_of(vm, tmp_path, Options(cache_ttl=3), timer=lambda: now[0])
         await write(fs, b"f", b"data")
         before = await fs.lstat(b"f")
         shown = before.st_ctime_ns

@@ -332,6 +332,7 @@ class MetaCache:
         return attrs
 
     def entries_as_shown(self, directory: bytes, entries: list[Entry]) -> list[Entry]:
+        """``as_shown`` for every entry of ``directory`` (nothing to do until a push landed)."""
         if not self._shown_ctime:
             return entries
         return [Entry(e.name, self.as_shown(directory + b"/" + e.name, e.attrs)) for e in entries]

@@ -141,20 +141,31 @@ class Overlay:
     # and pushed (its spool file goes with the acknowledgement) then renamed again here, or a
     # name renamed twice (git: tmp_pack → .tmp-pack → pack-*.pack) whose first rename landed.
 
-    def content_landed(self, path: bytes, spool_file: str) -> None:
-        """The write of ``spool_file`` to ``path`` is in the VM: names showing those bytes read
-        them from ``path`` there."""
-        for name, spooled in list(self.content.items()):
-            if spooled.file == spool_file:
-                del self.content[name]
-                if name != path:
-                    self.origin[name] = path
-
-    def rename_landed(self, old: bytes, new: bytes) -> None:
-        """The VM renamed ``old`` to ``new``: names reading their bytes from ``old`` read ``new``."""
-        for name, origin in list(self.origin.items()):
-            if origin == old:
-                self.origin[name] = new
+    def sources_landed(self, landed: list[tuple[str, bytes, bytes | str]]) -> None:
+        """The VM applied these changes, in order: ``("write", path, spool file)`` (its bytes
+        are at ``path`` there now, and the spool file goes) and ``("rename", old, new)``. Each
+        name showing those bytes reads them where the VM has them. One pass over the overlay
+        per batch, whatever its size (a tar of thousands of files lands in a few batches)."""
+        if not landed:
+            return
+        by_spool: defaultdict[str, list[bytes]] = defaultdict(list)
+        for name, spooled in self.content.items():
+            by_spool[spooled.file].append(name)
+        by_origin: defaultdict[bytes, set[bytes]] = defaultdict(set)
+        for name, origin in self.origin.items():
+            by_origin[origin].add(name)
+        for op, a, b in landed:
+            if op == "write":
+                for name in by_spool.pop(b, []):
+                    del self.content[name]
+                    if name != a:
+                        self.origin[name] = a
+                        by_origin[a].add(name)
+            else:  # rename a -> b
+                moved = by_origin.pop(a, set())
+                for name in moved:
+                    self.origin[name] = b
+                by_origin[b] |= moved
 
     def retitle(self, path: bytes, attrs: Attrs, seq: int) -> None:
         """New attrs for ``path`` (chmod, utimens), content unchanged."""

@@ -418,11 +418,11 @@ class WriteBack:
         return len(changes)
 
     def _landed(self, final: dict[bytes, Attrs | None], floor: int, applied: list[Change]) -> None:
-        for change in applied:  # pending names find their bytes where the VM has them now
-            if change.op == "write" and change.content is not None:
-                self.overlay.content_landed(os.fsencode(change.args["path"]), change.content)
-            elif change.op == "rename":
-                self.overlay.rename_landed(os.fsencode(change.args["old"]), os.fsencode(change.args["new"]))
+        # pending names find their bytes where the VM has them now
+        self.overlay.sources_landed(
+            [("write", os.fsencode(c.args["path"]), c.content) if c.op == "write" else
+             ("rename", os.fsencode(c.args["old"]), os.fsencode(c.args["new"]))
+             for c in applied if (c.op == "write" and c.content is not None) or c.op == "rename"])
         # the ctime the mount showed of each file it pushed (the VM's is the push's own time)
         shown = {path: node.ctime_ns for path, attrs in final.items()
                  if attrs is not None and not attrs.is_dir and (node := self.overlay.nodes.get(path)) is not None}
